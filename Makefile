@@ -1,0 +1,33 @@
+# Every target installs what it needs first (into .venv).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev,plot]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check cml_cli tests benchmarks experiments
+
+demo: $(STAMP)
+	$(BIN)/cml preprocess --dataset synthetic --size small --data-dir data
+	$(BIN)/cml train --dataset synthetic --data-dir data --name demo --set epochs=15 --quiet --force
+	$(BIN)/cml evaluate runs/demo --ks 1,5,10,20
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) data runs .pytest_cache

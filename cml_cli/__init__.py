@@ -1,0 +1,3 @@
+"""cml: contrastive meta learning for multi-behavior recommendation, on PyTorch Geometric."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from cml_cli.cli import main
+
+main()

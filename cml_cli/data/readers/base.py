@@ -1,0 +1,33 @@
+"""What every reader returns: raw splits, before validation hold-out and candidates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cml_cli.data.dataset import Interactions
+from cml_cli.errors import InputError
+
+
+@dataclass
+class RawData:
+    """Behaviors in order (target last), per-behavior training interactions, and the
+    leave-one-out test split as parallel arrays ``test_user``/``test_item``."""
+
+    behaviors: list[str]
+    n_users: int
+    n_items: int
+    train: dict[str, Interactions]
+    test_user: np.ndarray
+    test_item: np.ndarray
+    meta_users: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+
+def require_path(path: Path, kind: str = "path") -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such {kind}")
+    return path

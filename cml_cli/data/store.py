@@ -1,0 +1,199 @@
+"""Processed on-disk format: ``arrays.npz`` (no pickle) plus ``manifest.json``.
+
+    <data-dir>/<name>/manifest.json   schema version, behaviors, counts, source, seed, sha256
+    <data-dir>/<name>/arrays.npz      <behavior>.user / .item / .time, test.*, valid.*, meta_users
+
+Writes go to a temporary directory beside the target that is renamed into place at the
+end, so a crash never leaves a half-written dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from cml_cli.data.dataset import Interactions, MultiBehaviorDataset, Split
+from cml_cli.errors import InputError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+ARRAYS = "arrays.npz"
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("CML_DATA_DIR", "data"))
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON to ``path`` via a fsynced temporary file and a rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check_writable_dir(path: Path, what: str) -> None:
+    """Fail early, with a clear message, when ``path`` cannot be created or written."""
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"{what} {path}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"{what} {path}: {probe} is not writable")
+
+
+def save_dataset(ds: MultiBehaviorDataset, data_dir: Path, extra: dict | None = None) -> Path:
+    """Write ``ds`` to ``<data_dir>/<ds.name>/`` atomically; returns that directory."""
+    data_dir = Path(data_dir)
+    check_writable_dir(data_dir, "data directory")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    final = data_dir / ds.name
+    tmp = Path(tempfile.mkdtemp(dir=data_dir, prefix=f".{ds.name}.", suffix=".tmp"))
+    try:
+        arrays: dict[str, np.ndarray] = {}
+        for b in ds.behaviors:
+            inter = ds.train[b]
+            arrays[f"{b}.user"] = inter.user.astype(np.int64)
+            arrays[f"{b}.item"] = inter.item.astype(np.int64)
+            if inter.time is not None:
+                arrays[f"{b}.time"] = inter.time.astype(np.int64)
+        for split in ("test", "valid"):
+            s: Split = getattr(ds, split)
+            arrays[f"{split}.user"] = s.user
+            arrays[f"{split}.item"] = s.item
+            arrays[f"{split}.neg"] = s.neg
+        arrays["meta_users"] = ds.meta_users
+        with open(tmp / ARRAYS, "wb") as f:
+            np.savez_compressed(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            **ds.stats(),
+            **(extra or {}),
+            "files": {ARRAYS: sha256(tmp / ARRAYS)},
+        }
+        write_json_atomic(tmp / MANIFEST, manifest)
+        fsync_dir(tmp)
+        if final.exists():
+            old = Path(tempfile.mkdtemp(dir=data_dir, prefix=f".{ds.name}.", suffix=".old"))
+            os.replace(final, old / "x")
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        fsync_dir(data_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def read_manifest(path: Path) -> dict:
+    path = Path(path)
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise InputError(f"{mpath}: no processed dataset here (run `cml preprocess` first)")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{mpath}: corrupt manifest ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
+        raise InputError(f"{mpath}: unsupported schema version {manifest.get('schema_version')!r}")
+    return manifest
+
+
+def resolve_dataset_dir(name_or_path: str | Path, data_dir: Path | None = None) -> Path:
+    """A dataset directory from a name under ``data_dir`` or a path."""
+    p = Path(name_or_path)
+    if (p / MANIFEST).is_file():
+        return p
+    base = Path(data_dir) if data_dir is not None else default_data_dir()
+    cand = base / str(name_or_path)
+    if not cand.is_dir():
+        raise InputError(f"dataset '{name_or_path}' not found in {base} (run `cml preprocess --dataset {name_or_path}`)")
+    return cand
+
+
+def load_dataset(name_or_path: str | Path, data_dir: Path | None = None) -> MultiBehaviorDataset:
+    """Read a processed dataset, verifying its manifest and checksums."""
+    path = resolve_dataset_dir(name_or_path, data_dir)
+    manifest = read_manifest(path)
+    apath = path / ARRAYS
+    if not apath.is_file():
+        raise InputError(f"{apath}: missing")
+    expected = manifest.get("files", {}).get(ARRAYS)
+    if sha256(apath) != expected:
+        raise InputError(f"{apath}: checksum mismatch (file corrupt or modified)")
+    try:
+        with np.load(apath, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise InputError(f"{apath}: unreadable ({e})") from None
+    behaviors = list(manifest["behaviors"])
+    train = {
+        b: Interactions(arrays[f"{b}.user"], arrays[f"{b}.item"], arrays.get(f"{b}.time"))
+        for b in behaviors
+    }
+    return MultiBehaviorDataset(
+        name=manifest["name"],
+        behaviors=behaviors,
+        n_users=int(manifest["n_users"]),
+        n_items=int(manifest["n_items"]),
+        train=train,
+        test=Split(arrays["test.user"], arrays["test.item"], arrays["test.neg"]),
+        valid=Split(arrays["valid.user"], arrays["valid.item"], arrays["valid.neg"]),
+        meta_users=arrays["meta_users"],
+        seed=int(manifest.get("seed", 0)),
+        preset=manifest.get("preset", ""),
+        source=manifest.get("source", ""),
+        raw_counts={b: int(c) for b, c in manifest.get("interactions", {}).items()},
+    )
+
+
+def list_datasets(data_dir: Path | None = None) -> list[dict]:
+    """Manifests of every processed dataset under ``data_dir``."""
+    base = Path(data_dir) if data_dir is not None else default_data_dir()
+    if not base.is_dir():
+        return []
+    out = []
+    for d in sorted(base.iterdir()):
+        if d.is_dir() and not d.name.startswith(".") and (d / MANIFEST).is_file():
+            try:
+                out.append({**read_manifest(d), "path": str(d)})
+            except InputError:
+                continue
+    return out
