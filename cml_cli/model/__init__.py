@@ -1,0 +1,1 @@
+"""CML's parts: graph encoder, losses, meta weight network, and the baselines."""

@@ -1,0 +1,221 @@
+"""CML's trainer: vectorised batch sampling and the three-step meta update (spec §5)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn.utils import clip_grad_norm_
+from torch.optim.lr_scheduler import CyclicLR
+
+from cml_cli.config import RunConfig
+from cml_cli.data.dataset import MultiBehaviorDataset
+from cml_cli.data.sampling import BehaviorIndex
+from cml_cli.errors import RunError
+from cml_cli.evaluate import EmbeddingScorer
+from cml_cli.model.cml import CML, Batch, Triples
+from cml_cli.model.encoder import BehaviorGraph
+
+ADAM_EPS = 1e-8
+
+
+class NonFiniteLoss(RunError):
+    """The loss became NaN or infinite."""
+
+
+def cyclic(optimizer: torch.optim.Optimizer, base: float, peak: float, up: int, down: int) -> CyclicLR:
+    """Triangular cyclic learning rate stepped once per epoch, without momentum cycling."""
+    return CyclicLR(optimizer, base_lr=base, max_lr=peak, step_size_up=up, step_size_down=down,
+                    mode="triangular", cycle_momentum=False)
+
+
+class CMLSampler:
+    """Draws CML's mini-batches and meta batches with array operations only."""
+
+    def __init__(self, ds: MultiBehaviorDataset, cfg: RunConfig, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.index = [BehaviorIndex(ds.train[b].user, ds.train[b].item, ds.n_users, ds.n_items)
+                      for b in ds.behaviors]
+        target = ds.train[ds.target]
+        self.user, self.item = target.user, target.item
+        self.meta_users = ds.meta_users
+
+    def epoch(self, rng: np.random.Generator) -> list[np.ndarray]:
+        """A shuffled partition of the target training pairs into batches."""
+        perm = rng.permutation(len(self.user))
+        return [perm[lo:lo + self.cfg.batch] for lo in range(0, len(perm), self.cfg.batch)]
+
+    def _tensor(self, a: np.ndarray) -> Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(self.device)
+
+    def _ssl_users(self, users: np.ndarray, rng: np.random.Generator, count: int | None = None) -> Tensor:
+        unique = np.unique(users)
+        size = count if count is not None else max(2, int(round(self.cfg.ssl_ratio * len(unique))))
+        return self._tensor(rng.choice(unique, size=min(size, len(unique)), replace=False))
+
+    def batch(self, rows: np.ndarray, rng: np.random.Generator) -> Batch:
+        """BPR triples for every behavior from the target pairs ``rows`` (spec §3)."""
+        user, item = self.user[rows], self.item[rows]
+        triples = []
+        for k, index in enumerate(self.index):
+            if k == len(self.index) - 1:
+                u, pos = user, item
+            else:
+                pos, has = index.sample_positive(user, rng)
+                u, pos = user[has], pos[has]
+            neg = index.sample_negative(u, rng)
+            triples.append(Triples(self._tensor(u), self._tensor(pos), self._tensor(neg)))
+        return Batch(triples, self._ssl_users(user, rng), len(rows))
+
+    def meta_batch(self, pointer: int, rng: np.random.Generator) -> tuple[Batch, int]:
+        """The next ``meta_batch`` meta users (cycling) with up to ``samp_num`` pairs each, per
+        behavior; ``meta_sampling='reference'`` samples the target behavior for every k."""
+        count = min(self.cfg.meta_batch, len(self.meta_users))
+        take = (pointer + np.arange(count)) % len(self.meta_users)
+        users = self.meta_users[take]
+        triples = []
+        for k, index in enumerate(self.index):
+            source = self.index[-1] if self.cfg.meta_sampling == "reference" else index
+            u, pos = source.sample_per_user(users, self.cfg.samp_num, rng)
+            neg = source.sample_negative(u, rng)
+            triples.append(Triples(self._tensor(u), self._tensor(pos), self._tensor(neg)))
+        size = max(int(triples[-1].user.numel()), 1)
+        return Batch(triples, self._ssl_users(users, rng, count=len(np.unique(users))), size), int(
+            (pointer + count) % len(self.meta_users))
+
+
+class CMLTrainer:
+    """Owns the model, optimizers and schedulers; one call of :meth:`train_epoch` is one epoch.
+
+    Per mini-batch (``meta=True``):
+
+    1. virtual step: :math:`\\Theta'_G` = one fresh-AdamW step of a copy of :math:`\\Theta_G`
+       (``first-order``; :math:`\\Theta_M` also takes a step) or
+       :math:`\\Theta'_G = \\Theta_G - \\alpha \\nabla L` kept differentiable (``second-order``);
+    2. meta step: :math:`0.5\\,L_{meta}(\\Theta'_G, \\Theta_M)` updates :math:`\\Theta_M` only;
+    3. real step: :math:`L(\\Theta_G)` with :math:`\\Theta_M` frozen updates :math:`\\Theta_G`.
+    """
+
+    def __init__(self, ds: MultiBehaviorDataset, cfg: RunConfig, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.graph = BehaviorGraph([ds.train[b].user for b in ds.behaviors], [ds.train[b].item for b in ds.behaviors],
+                                   ds.n_users, ds.n_items, norm=cfg.adj, device=device)
+        self.model = CML(ds.n_users, ds.n_items, len(ds.behaviors), cfg.dim, cfg.layers, cfg.meta_dropout,
+                         cfg.reg, cfg.beta, cfg.contrastive).to(device)
+        self.sampler = CMLSampler(ds, cfg, device)
+        enc, weigher = self.model.encoder.parameters(), self.model.weigher.parameters()
+        self.opt = torch.optim.AdamW(enc, lr=cfg.lr, weight_decay=cfg.wd)
+        if cfg.meta_optimizer == "sgd":
+            self.meta_opt = torch.optim.SGD(weigher, lr=cfg.meta_lr, momentum=cfg.meta_momentum, nesterov=True,
+                                            weight_decay=cfg.meta_wd)
+        else:
+            self.meta_opt = torch.optim.AdamW(weigher, lr=cfg.meta_lr, weight_decay=cfg.meta_wd)
+        self.sched = cyclic(self.opt, cfg.lr, cfg.max_lr, cfg.cycle_up, cfg.cycle_down)
+        self.meta_sched = cyclic(self.meta_opt, cfg.meta_lr, cfg.meta_max_lr, cfg.meta_cycle_up, cfg.meta_cycle_down)
+        self.meta_pointer = 0
+
+    def batches(self, rng: np.random.Generator) -> list[np.ndarray]:
+        return self.sampler.epoch(rng)
+
+    def train_batch(self, rows: np.ndarray, rng: np.random.Generator) -> dict[str, float]:
+        batch = self.sampler.batch(rows, rng)
+        if self.cfg.meta:
+            meta_batch, self.meta_pointer = self.sampler.meta_batch(self.meta_pointer, rng)
+            if self.cfg.meta_grad == "second-order":
+                self._second_order(batch, meta_batch)
+            else:
+                self._first_order(batch, meta_batch)
+        return self._real_step(batch)
+
+    def end_epoch(self) -> None:
+        self.sched.step()
+        self.meta_sched.step()
+
+    def _meta_params(self) -> list[Tensor]:
+        return list(self.model.weigher.parameters())
+
+    def _step_meta(self, grads: tuple[Tensor | None, ...]) -> None:
+        params = self._meta_params()
+        for p, g in zip(params, grads):
+            p.grad = None if g is None else g.detach()
+        clip_grad_norm_(params, self.cfg.clip)
+        self.meta_opt.step()
+        self.meta_opt.zero_grad(set_to_none=True)
+
+    def _first_order(self, batch: Batch, meta_batch: Batch) -> None:
+        names, live = zip(*self.model.encoder.named_parameters())
+        copy = [p.detach().clone().requires_grad_(True) for p in live]
+        loss, _ = self.model.objective(self.graph, batch, dict(zip(names, copy)), weighting="meta")
+        self._check(loss, "virtual step")
+        meta_params = self._meta_params()
+        grads = torch.autograd.grad(loss, copy + meta_params, allow_unused=True)
+        g_enc = [torch.zeros_like(p) if g is None else g for p, g in zip(copy, grads[:len(copy)])]
+        scale = _clip_scale(g_enc, self.cfg.clip)
+        lr, wd = self.opt.param_groups[0]["lr"], self.opt.param_groups[0]["weight_decay"]
+        with torch.no_grad():
+            virtual = {n: p * (1 - lr * wd) - lr * (g * scale) / ((g * scale).abs() + ADAM_EPS)
+                       for n, p, g in zip(names, copy, g_enc)}
+        self._step_meta(grads[len(copy):])
+        meta_loss, _ = self.model.objective(self.graph, meta_batch, virtual, weighting="meta")
+        self._check(meta_loss, "meta step")
+        self._step_meta(torch.autograd.grad(0.5 * meta_loss, meta_params, allow_unused=True))
+
+    def _second_order(self, batch: Batch, meta_batch: Batch) -> None:
+        names, live = zip(*self.model.encoder.named_parameters())
+        loss, _ = self.model.objective(self.graph, batch, dict(zip(names, live)), weighting="meta")
+        self._check(loss, "virtual step")
+        grads = torch.autograd.grad(loss, live, create_graph=True, allow_unused=True)
+        alpha = self.cfg.virtual_lr or self.opt.param_groups[0]["lr"]
+        virtual = {n: p - alpha * (torch.zeros_like(p) if g is None else g) for n, p, g in zip(names, live, grads)}
+        meta_loss, _ = self.model.objective(self.graph, meta_batch, virtual, weighting="meta")
+        self._check(meta_loss, "meta step")
+        self._step_meta(torch.autograd.grad(0.5 * meta_loss, self._meta_params(), allow_unused=True))
+
+    def _real_step(self, batch: Batch) -> dict[str, float]:
+        self.opt.zero_grad(set_to_none=True)
+        loss, parts = self.model.objective(self.graph, batch, weighting="frozen" if self.cfg.meta else "none")
+        self._check(loss, "real step")
+        loss.backward()
+        clip_grad_norm_(self.model.encoder.parameters(), self.cfg.clip)
+        self.opt.step()
+        return parts
+
+    @staticmethod
+    def _check(loss: Tensor, where: str) -> None:
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"loss is {float(loss)} in the {where}")
+
+    def scorer(self) -> EmbeddingScorer:
+        self.model.eval()
+        try:
+            return EmbeddingScorer(*self.model.embeddings(self.graph))
+        finally:
+            self.model.train()
+
+    def model_state(self) -> dict:
+        return {"model": self.model.state_dict()}
+
+    def load_model_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(), "opt": self.opt.state_dict(), "meta_opt": self.meta_opt.state_dict(),
+            "sched": self.sched.state_dict(), "meta_sched": self.meta_sched.state_dict(),
+            "meta_pointer": self.meta_pointer,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.meta_opt.load_state_dict(state["meta_opt"])
+        self.sched.load_state_dict(state["sched"])
+        self.meta_sched.load_state_dict(state["meta_sched"])
+        self.meta_pointer = int(state["meta_pointer"])
+
+
+def _clip_scale(grads: list[Tensor], max_norm: float) -> float:
+    """The factor ``clip_grad_norm_`` would apply to ``grads``."""
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    return float(torch.clamp(max_norm / (total + 1e-6), max=1.0))
+
