@@ -18,7 +18,7 @@ from rich.table import Table
 from cml_cli.errors import CMLError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Contrastive meta learning for multi-behavior recommendation.")
-err = Console(stderr=True)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 DataDir = typer.Option(None, "--data-dir", envvar="CML_DATA_DIR", help="Processed datasets live here [default: ./data].")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout and nothing else there.")
@@ -94,6 +94,103 @@ def datasets(data_dir: Optional[Path] = DataDir, as_json: bool = JsonOpt) -> Non
         _print_json({"datasets": rows})
     else:
         err.print(_dataset_table(rows, f"processed datasets in {_data_dir(data_dir)}"))
+
+
+def _metrics_table(result: dict, title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("split")
+    splits = [s for s in ("valid", "test") if result.get(s)]
+    names = list(result[splits[0]]) if splits else []
+    for name in names:
+        table.add_column(name.upper().replace("@", "@"), justify="right")
+    for split in splits:
+        table.add_row(split, *[f"{result[split][n]:.4f}" for n in names])
+    return table
+
+
+@app.command("train")
+def train_cmd(
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Processed dataset name (or path)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="tmall | ijcai | retailrocket | default [default: the dataset's]."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file of options (a [train] table or top level)."),
+    set_: list[str] = typer.Option([], "--set", help="Override an option: key=value (repeatable)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Maximum epochs."),
+    patience: Optional[int] = typer.Option(None, "--patience", help="Stop after this many epochs without improvement."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (same seed, same metrics on CPU)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="strict (select on validation) | paper (best on test)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run directory name [default: dataset-model-seed-time]."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the interrupted run in this directory."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing run directory of the same name."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Run directories live here."),
+    data_dir: Optional[Path] = DataDir,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Train CML (or a baseline) with a preset, checkpoints and progress."""
+    from cml_cli.config import parse_set, resolve_config
+    from cml_cli.data.preprocess import dataset_preset
+    from cml_cli.data.store import read_manifest, resolve_dataset_dir
+    from cml_cli.errors import InputError
+    from cml_cli.train.loop import resume as resume_run
+    from cml_cli.train.loop import train
+    from cml_cli.train.progress import NullProgress, RichProgress
+
+    progress = NullProgress() if quiet or as_json else RichProgress(err)
+    if resume is not None:
+        result = resume_run(resume, data_dir=data_dir, progress=progress, epochs=epochs)
+    else:
+        if dataset is None:
+            raise InputError("--dataset is required (or --resume RUN_DIR)")
+        manifest = read_manifest(resolve_dataset_dir(dataset, data_dir))
+        family = dataset_preset(manifest["name"])
+        chosen = preset or manifest.get("preset") or (family.train_preset if family else "default")
+        overrides = parse_set(set_)
+        for key, value in (("epochs", epochs), ("patience", patience), ("seed", seed), ("device", device),
+                           ("protocol", protocol)):
+            if value is not None:
+                overrides[key] = value
+        cfg = resolve_config(chosen, config, overrides)
+        result = train(dataset, cfg, data_dir=data_dir, runs_dir=runs_dir, name=name, force=force,
+                       progress=progress)
+    if as_json:
+        _print_json(result)
+    else:
+        label = " (paper protocol: best epoch on test)" if result["protocol"] == "paper" else ""
+        err.print(_metrics_table(result, f"{result['run_dir']}: best epoch {result['best_epoch']}{label}"))
+
+
+@app.command()
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="A run directory."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best | last."),
+    split: str = typer.Option("test", "--split", help="test | valid."),
+    protocol: str = typer.Option("sampled", "--protocol", help="sampled (1+99) | full (all items)."),
+    ks: str = typer.Option("1,3,5,10,20", "--ks", help="Comma-separated cut-offs."),
+    fmt: str = typer.Option("table", "--format", help="table | json | csv."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda [default: the run's]."),
+    data_dir: Optional[Path] = DataDir,
+) -> None:
+    """HR@N / NDCG@N with the paper's sampled protocol, or full ranking (Recall/NDCG/HR)."""
+    from cml_cli.errors import InputError
+    from cml_cli.train.evaluation import evaluate_run
+
+    if fmt not in ("table", "json", "csv"):
+        raise InputError(f"--format: '{fmt}' is not one of table, json, csv")
+    try:
+        cutoffs = [int(k) for k in _split_list(ks) or []]
+    except ValueError:
+        raise InputError(f"--ks: expected comma-separated integers, got '{ks}'") from None
+    result = evaluate_run(run_dir, checkpoint=checkpoint, split=split, protocol=protocol, ks=cutoffs,
+                          data_dir=data_dir, device=device)
+    if fmt == "json":
+        _print_json(result)
+    elif fmt == "csv":
+        metrics = result[split]
+        sys.stdout.write("split,protocol," + ",".join(metrics) + "\n")
+        sys.stdout.write(f"{split},{protocol}," + ",".join(f"{v:.6f}" for v in metrics.values()) + "\n")
+    else:
+        err.print(_metrics_table(result, f"{run_dir} ({checkpoint} checkpoint, {protocol} ranking)"))
 
 
 def main() -> None:

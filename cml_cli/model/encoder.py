@@ -10,6 +10,8 @@ from torch import Tensor, nn
 from torch_geometric import EdgeIndex
 from torch_geometric.utils import spmm
 
+warnings.filterwarnings("ignore", message="Sparse (invariant checks|CSR tensor support)")
+
 
 class BehaviorGraph:
     """The K behavior adjacencies as one block-diagonal ``EdgeIndex`` per direction.
@@ -38,9 +40,7 @@ class BehaviorGraph:
         order = np.lexsort((cols, rows))
         ei = torch.from_numpy(np.stack([rows[order], cols[order]]).astype(np.int64)).to(device)
         edge_index = EdgeIndex(ei, sparse_size=size, sort_order="row")
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Sparse")
-            edge_index.fill_cache_()
+        edge_index.fill_cache_()
         return edge_index
 
     def to_users(self, h_item: Tensor) -> Tensor:
