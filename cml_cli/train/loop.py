@@ -33,7 +33,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_trainer(ds: MultiBehaviorDataset, cfg: RunConfig, device: torch.device):
-    """CML's trainer or a baseline's; both expose the same small interface."""
+    """CML's trainer or a baseline's. Every trainer has ``device``, ``trainable`` (False for
+    models fitted in the constructor, which then run a single epoch), ``batches(rng)`` (one
+    epoch's row batches), ``train_batch(rows, rng) -> {"loss": ...}``, ``end_epoch()``,
+    ``scorer()`` (``score(users, items)`` and ``score_all(users)``), ``state_dict()`` /
+    ``load_state_dict()`` for resume, and ``model_state()`` / ``load_model_state()``, where
+    ``model_state()``'s keys are a subset of ``state_dict()``'s."""
     if cfg.model == "cml":
         return CMLTrainer(ds, cfg, device)
     from cml_cli.model.baselines import make_baseline
@@ -149,6 +154,8 @@ def _last_good_checkpoint(run: RunDir) -> dict | None:
 def _fit(run: RunDir, ds: MultiBehaviorDataset, cfg: RunConfig, trainer, rng: np.random.Generator,
          state: dict, progress: Progress) -> dict[str, Any]:
     ks = _eval_ks(cfg)
+    if not getattr(trainer, "trainable", True):
+        cfg.epochs = 1
     has_valid = len(ds.valid) > 0
     select_on = "test" if cfg.protocol == "paper" else ("valid" if has_valid else None)
     progress.start(cfg.epochs, state["epoch"])

@@ -96,6 +96,8 @@ class CMLTrainer:
     3. real step: :math:`L(\\Theta_G)` with :math:`\\Theta_M` frozen updates :math:`\\Theta_G`.
     """
 
+    trainable = True
+
     def __init__(self, ds: MultiBehaviorDataset, cfg: RunConfig, device: torch.device):
         self.cfg, self.device = cfg, device
         self.graph = BehaviorGraph([ds.train[b].user for b in ds.behaviors], [ds.train[b].item for b in ds.behaviors],
