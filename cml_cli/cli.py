@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cml_cli.errors import CMLError
@@ -198,7 +199,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except CMLError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, markup=True, soft_wrap=True)
         sys.exit(e.exit_code)
     except typer.Abort:
         err.print("aborted")
