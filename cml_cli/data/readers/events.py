@@ -13,6 +13,7 @@ Presets describe the public raw logs: ``taobao`` (UserBehavior.csv), ``ijcai``
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,7 +165,7 @@ def read(
 
     # De-duplicate (user, item, behavior), keeping the latest event.
     n_b = len(behaviors)
-    key = (user * max(n_raw_items, 1) + item) * n_b + beh
+    key = (user.astype(np.int64) * max(n_raw_items, 1) + item) * n_b + beh  # int64: no overflow
     order = np.lexsort((time, key))
     ks = key[order]
     last = order[np.r_[ks[1:] != ks[:-1], True]] if ks.size else order
@@ -286,7 +287,19 @@ def _chunks(source: Path, sep: str | None, p: EventsPreset | None):
     try:
         reader = pd.read_csv(source, **kwargs)
         with reader:
-            for df in reader:
+            while True:
+                # A first data row longer than the header is a ParserWarning, not an error, in
+                # pandas (the extra field is dropped): refuse it like any other ragged row.
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", pd.errors.ParserWarning)
+                    try:
+                        df = next(reader)
+                    except StopIteration:
+                        break
+                if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
+                    raise InputError(
+                        f"{source}: malformed file (a row near data row {row0 + 1} has more fields than the header)"
+                    )
                 yield df, row0
                 row0 += len(df)
     except InputError:
@@ -334,6 +347,7 @@ class _Columns:
         offsets = np.cumsum([0] + [len(u) for u in self.uniques[role]])
         all_uniq = np.concatenate(self.uniques[role]) if self.uniques[role] else np.empty(0, object)
         gcodes, guniq = pd.factorize(all_uniq, sort=False)
+        gcodes = gcodes.astype(np.int32 if len(guniq) < 2**31 else np.int64)
         parts = [gcodes[off + c] for off, c in zip(offsets[:-1], self.codes[role], strict=True)]
         codes = np.concatenate(parts) if parts else np.empty(0, np.int64)
         self.codes[role], self.uniques[role] = [], []

@@ -159,6 +159,8 @@ def _read_lists(path: Path, one_item: bool = False) -> tuple[np.ndarray, np.ndar
         raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     buf = np.frombuffer(data, dtype=np.uint8)
     if not buf.size or _WS[buf].all():
         raise InputError(f"{path}: empty file")
@@ -227,7 +229,8 @@ def _load_adjacency(path: Path) -> sp.csr_matrix:
     try:
         a = sp.load_npz(path)
     except Exception as e:  # zip, key and format errors of every kind
-        raise InputError(f"{path}: not a readable scipy sparse .npz ({type(e).__name__}: {e})") from None
+        msg = " ".join(str(e).split())[:300]
+        raise InputError(f"{path}: not a readable scipy sparse .npz ({type(e).__name__}: {msg})") from None
     if getattr(a, "ndim", 2) != 2 or a.shape[0] != a.shape[1]:
         raise InputError(f"{path}: adjacency matrix must be square, got shape {a.shape}")
     if a.shape[0] > 2 * MAX_ID:
