@@ -74,7 +74,7 @@ class CMLSampler:
         take = (pointer + np.arange(count)) % len(self.meta_users)
         users = self.meta_users[take]
         triples = []
-        for k, index in enumerate(self.index):
+        for index in self.index:
             source = self.index[-1] if self.cfg.meta_sampling == "reference" else index
             u, pos = source.sample_per_user(users, self.cfg.samp_num, rng)
             neg = source.sample_negative(u, rng)
