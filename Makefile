@@ -31,3 +31,21 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) data runs .pytest_cache
+
+# --- studies (experiments/README.md): each writes experiments/results/<study>.md --------------
+.PHONY: studies study-baselines study-ablation study-cutoffs studies-smoke
+
+study-baselines: $(STAMP)
+	$(BIN)/python experiments/run_study.py baselines
+
+study-ablation: $(STAMP)
+	$(BIN)/python experiments/run_study.py ablation
+
+study-cutoffs: $(STAMP)
+	$(BIN)/python experiments/run_study.py cutoffs
+
+studies: study-baselines study-ablation study-cutoffs
+
+# The same pipeline on tiny synthetic data, one epoch (a few minutes): pages in runs/smoke/results/.
+studies-smoke: $(STAMP)
+	$(BIN)/python experiments/run_study.py --smoke baselines ablation cutoffs

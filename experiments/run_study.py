@@ -1,0 +1,284 @@
+#!/usr/bin/env python
+"""Run one or more studies (experiments/<study>.toml) and write their results pages.
+
+    python experiments/run_study.py baselines            # study 1 -> experiments/results/baselines.md
+    python experiments/run_study.py ablation cutoffs     # studies 2 and 3
+    python experiments/run_study.py --smoke baselines    # the same pipeline on tiny synthetic data, 1 epoch
+    python experiments/run_study.py --dry-run ablation   # print the commands only
+
+For every grid of a study: preprocess the dataset from ../shared/datasets if it is not in
+--data-dir yet, run `cml ablate` (finished runs are reused and interrupted ones resumed, so
+a study can be completed in parts: run the same command again), draw the figures with
+`cml report`, and write experiments/results/<slug>.md with the commands, git revision,
+machine, epochs, seeds and the measured tables, plus the figures in
+experiments/results/<slug>/. Where full CML does not beat a variant or baseline, the page
+says so (in "Findings"). Exit status: 0, or 1 if any run failed (the page lists it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+HERE = REPO / "experiments"
+# --smoke: every grid on the tiny synthetic dataset, one epoch of a small model.
+SMOKE_SETTINGS = {"epochs": 1, "dim": 8, "layers": 1, "samp_num": 2, "meta_batch": 16, "batch": 1024}
+
+
+def _set_value(value) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def _arg(path: Path) -> str:
+    """A path as it goes into a command: relative to the repository when that is shorter."""
+    rel = os.path.relpath(Path(path).resolve(), REPO)
+    return rel if len(rel) < len(str(path)) else str(path)
+
+
+def _cml() -> list[str]:
+    return [sys.executable, "-m", "cml_cli"]
+
+
+def _show(cmd: list[str]) -> str:
+    """The command as a person would type it (``cml ...``)."""
+    if cmd[:3] == _cml():
+        cmd = ["cml", *cmd[3:]]
+    return " ".join(shlex.quote(c) for c in cmd)
+
+
+def git_revision() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10)
+        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if rev.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine() -> str:
+    return (f"{platform.node()}: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
+            f"{platform.platform()}, Python {platform.python_version()}")
+
+
+def load_study(name: str) -> tuple[Path, dict]:
+    path = Path(name)
+    if not path.suffix:
+        path = HERE / f"{name}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in HERE.glob("*.toml") if p.stem != "datasets")
+        raise SystemExit(f"error: {name}: no such study (known: {', '.join(known)})")
+    study = tomllib.loads(path.read_text())
+    if "study" not in study or not study.get("grid"):
+        raise SystemExit(f"error: {path}: expected a [study] table and [[grid]] tables")
+    return path, study
+
+
+def plan_grids(study: dict, datasets: dict, args) -> list[dict]:
+    """Each grid's dataset, source, name, variants, seeds and settings (after --smoke / --set)."""
+    grids = []
+    common = dict(datasets.get("settings", {}))
+    for g in study["grid"]:
+        ds = datasets["datasets"].get(g["dataset"])
+        if ds is None:
+            raise SystemExit(f"error: dataset '{g['dataset']}' is not in experiments/datasets.toml")
+        settings = {**common, **ds.get("settings", {}), **g.get("settings", {})}
+        grid = {"dataset": g["dataset"], "label": ds.get("label", g["dataset"]), "source": ds["source"],
+                "format": ds["format"], "name": g.get("name", g["dataset"]), "variants": g["variants"],
+                "seeds": g["seeds"], "settings": settings}
+        if args.smoke:
+            grid.update(dataset="synthetic", source=None, format="synthetic", name=f"smoke-{grid['name']}",
+                        label=f"{grid['label']} -> SMOKE TEST on the tiny synthetic dataset",
+                        settings={**settings, **SMOKE_SETTINGS})
+        for pair in args.set:
+            key, _, value = pair.partition("=")
+            grid["settings"][key.strip()] = value.strip()
+        grids.append(grid)
+    return grids
+
+
+def run(cmd: list[str], *, capture: bool, dry_run: bool) -> subprocess.CompletedProcess | None:
+    print(f"$ {_show(cmd)}", file=sys.stderr, flush=True)
+    if dry_run:
+        return None
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(cmd, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE if capture else None)
+
+
+def ensure_dataset(grid: dict, args) -> str | None:
+    """Preprocess the grid's dataset into --data-dir unless it is there; returns the command."""
+    if (Path(args.data_dir) / grid["dataset"] / "manifest.json").is_file():
+        return None
+    cmd = [*_cml(), "preprocess", "--dataset", grid["dataset"], "--data-dir", _arg(args.data_dir)]
+    if grid["source"] is not None:
+        source = Path(args.shared) / grid["source"]
+        if not source.exists() and not args.dry_run:
+            raise SystemExit(f"error: {source}: missing (pass --shared DIR, the folder of the published datasets)")
+        cmd += ["--source", _arg(source), "--format", grid["format"]]
+    if not args.dry_run:
+        Path(args.data_dir).parent.mkdir(parents=True, exist_ok=True)
+    proc = run(cmd + ["--json"], capture=True, dry_run=args.dry_run)
+    if proc is not None and proc.returncode != 0:
+        raise SystemExit(f"error: preprocessing {grid['dataset']} failed (exit {proc.returncode})")
+    return _show(cmd)
+
+
+def ablate_command(grid: dict, args) -> list[str]:
+    cmd = [*_cml(), "ablate", "--dataset", grid["dataset"], "--variants", ",".join(grid["variants"]),
+           "--seeds", ",".join(map(str, grid["seeds"])), "--name", grid["name"], "--runs-dir", _arg(args.runs_dir),
+           "--data-dir", _arg(args.data_dir), "--jobs", str(args.jobs)]
+    for key, value in grid["settings"].items():
+        cmd += ["--set", f"{key}={_set_value(value)}"]
+    return cmd
+
+
+def run_grid(grid: dict, args, figures_dir: Path, slug: str, figures: list[str]) -> dict:
+    out: dict = {"grid": grid, "preprocess": ensure_dataset(grid, args)}
+    cmd = ablate_command(grid, args)
+    out["ablate"] = _show(cmd)
+    started = time.time()
+    proc = run(cmd + ["--json"], capture=True, dry_run=args.dry_run)
+    if proc is None:
+        return out
+    out["seconds"] = time.time() - started
+    if proc.returncode not in (0, 1):
+        raise SystemExit(f"error: `{_show(cmd)}` exited with {proc.returncode}")
+    out["exit"] = proc.returncode
+    table = json.loads(proc.stdout)
+    variants = [r["variant"] for r in table["rows"]]
+    grid_dir = Path(args.runs_dir) / grid["name"]
+    report_dir = grid_dir / "report" / slug
+    rcmd = [*_cml(), "report", _arg(grid_dir), "--out", _arg(report_dir), "--variants", ",".join(variants),
+            "--seeds", ",".join(map(str, grid["seeds"]))]
+    out["report"] = _show(rcmd)
+    rproc = run(rcmd + ["--json"], capture=True, dry_run=False)
+    if rproc.returncode != 0:
+        raise SystemExit(f"error: `{_show(rcmd)}` exited with {rproc.returncode}")
+    out["table"] = json.loads(rproc.stdout)["table"]
+    out["figures"] = []
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    for stem in figures:
+        src = report_dir / f"{stem}.png"
+        if src.is_file():
+            dst = figures_dir / f"{grid['name']}-{stem}.png"
+            shutil.copyfile(src, dst)
+            out["figures"].append(dst)
+    return out
+
+
+def page(study: dict, study_path: Path, results: list[dict], args, command: str, seconds: float) -> str:
+    from cml_cli.report import findings, runs_markdown, table_markdown
+
+    s = study["study"]
+    lines = [f"# {s['title']}", ""]
+    if args.smoke:
+        lines += ["> **SMOKE TEST**: every grid ran on the tiny synthetic dataset for one epoch of a small model.",
+                  "> These numbers only show that the pipeline works; they say nothing about CML.", ""]
+    lines += [s.get("about", "").strip(), "",
+              "| | |", "| :--- | :--- |",
+              f"| command | `{command}` |",
+              f"| study file | `{_rel(study_path)}` (datasets and settings: `experiments/datasets.toml`) |",
+              f"| git revision | `{git_revision()}` |",
+              f"| machine | {machine()} |",
+              f"| date | {time.strftime('%Y-%m-%d %H:%M %z')} |",
+              f"| wall time | {seconds / 60:.1f} min (runs reused from earlier invocations take no time) |", ""]
+    summary = []
+    for res in results:
+        if "table" in res:
+            summary += [f"- **{res['grid']['label']}**: {x}" for x in findings(res["table"])]
+    if summary:
+        lines += ["## Findings", "", *summary, ""]
+    for res in results:
+        grid = res["grid"]
+        lines += [f"## {grid['label']}", ""]
+        settings = ", ".join(f"{k}={_set_value(v)}" for k, v in grid["settings"].items())
+        lines += [f"- seeds: {', '.join(map(str, grid['seeds']))}; settings on top of the dataset's preset: "
+                  f"`{settings}`"]
+        if res.get("preprocess"):
+            lines.append(f"- preprocessed with `{res['preprocess']}`")
+        lines += [f"- runs: `{res['ablate']}`"]
+        if "table" not in res:
+            lines += ["", "(dry run: nothing ran)", ""]
+            continue
+        table = res["table"]
+        epochs = sorted({r["epochs_run"] for r in table["runs"] if r.get("epochs_run") is not None})
+        spe = [r["seconds_per_epoch"] for r in table["runs"] if r.get("seconds_per_epoch")]
+        lines += [f"- figures and tables: `{res['report']}`",
+                  f"- epochs run: {', '.join(map(str, epochs)) or 'none'} (max {grid['settings'].get('epochs')}, "
+                  f"early stopping patience {grid['settings'].get('patience', 'preset')}); "
+                  f"seconds per epoch: {min(spe):.1f}–{max(spe):.1f}" if spe else "- epochs run: none",
+                  f"- wall time of this grid in this invocation: {res['seconds'] / 60:.1f} min", ""]
+        lines += [table_markdown(table), *[f"- {x}" for x in findings(table)], ""]
+        failed = [f for r in table["rows"] for f in r["failed"]]
+        if failed:
+            lines += ["**Failed runs** (the table leaves them out):", ""]
+            lines += [f"- `{f['run']}`: {f['error']} (log `{_rel(Path(f['log']))}`)" for f in failed] + [""]
+        for fig in res["figures"]:
+            lines += [f"![{grid['label']}: {fig.stem}]({fig.parent.name}/{fig.name})", ""]
+        lines += ["<details><summary>Runs</summary>", "", runs_markdown(table), "</details>", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("studies", nargs="+", help="study names (baselines, ablation, cutoffs) or TOML files")
+    parser.add_argument("--smoke", action="store_true", help="tiny synthetic data, one epoch: checks the pipeline")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("--data-dir", type=Path, help="processed datasets [default: data, smoke: runs/smoke/data]")
+    parser.add_argument("--runs-dir", type=Path, help="run directories [default: runs/studies, smoke: runs/smoke]")
+    parser.add_argument("--results-dir", type=Path,
+                        help="results pages [default: experiments/results, smoke: runs/smoke/results]")
+    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "datasets",
+                        help="the published datasets [default: ../shared/datasets]")
+    parser.add_argument("--jobs", type=int, default=1, help="runs side by side (cml ablate --jobs)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra setting for every run (e.g. epochs=5); changes which runs are reused")
+    args = parser.parse_args(argv)
+    base = REPO / "runs" / "smoke" if args.smoke else None
+    args.data_dir = (args.data_dir or (base / "data" if base else REPO / "data")).resolve()
+    args.runs_dir = (args.runs_dir or (base if base else REPO / "runs" / "studies")).resolve()
+    args.results_dir = (args.results_dir or (base / "results" if base else HERE / "results")).resolve()
+    sys.path.insert(0, str(REPO))
+    datasets = tomllib.loads((HERE / "datasets.toml").read_text())
+    command = " ".join(["python", "experiments/run_study.py", *(shlex.quote(a) for a in (argv or sys.argv[1:]))])
+    status = 0
+    for name in args.studies:
+        study_path, study = load_study(name)
+        slug = study["study"]["slug"]
+        started = time.time()
+        results = [run_grid(g, args, args.results_dir / slug, slug, study["study"].get("figures", ["bars"]))
+                   for g in plan_grids(study, datasets, args)]
+        if args.dry_run:
+            continue
+        status = max(status, *(r.get("exit", 0) for r in results))
+        args.results_dir.mkdir(parents=True, exist_ok=True)
+        out = args.results_dir / f"{slug}.md"
+        out.write_text(page(study, study_path, results, args, command, time.time() - started))
+        print(f"wrote {_rel(out)}", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
