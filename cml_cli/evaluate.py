@@ -106,7 +106,9 @@ def evaluate_full(scorer, ds: MultiBehaviorDataset, split_name: str, ks: list[in
         rows = np.repeat(np.arange(len(users)), counts)
         cols = mi[np.repeat(left - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))]
         scores[torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device)] = -torch.inf
-        top = scores.topk(kmax, dim=1).indices.cpu()
+        # stable sort: tied items rank by item id, so a cut-off's metric does not depend on which
+        # other cut-offs are asked for (topk orders ties differently for different k)
+        top = scores.sort(dim=1, descending=True, stable=True).indices[:, :kmax].cpu()
         truth = torch.stack([torch.arange(len(users)), torch.from_numpy(split.item[lo:lo + batch])])
         for m in metrics.values():
             m.update(top, truth)
