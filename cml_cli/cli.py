@@ -71,7 +71,9 @@ def preprocess(
 ) -> None:
     """Turn published files, an event log or the synthetic generator into a processed dataset."""
     from cml_cli.data.preprocess import preprocess as run
+    from cml_cli.data.store import check_writable_dir
 
+    check_writable_dir(_data_dir(data_dir), "--data-dir", parent_must_exist=True)  # before any work
     events_options = {k: v for k, v in {
         "preset": events_preset, "user_col": user_col, "item_col": item_col,
         "behavior_col": behavior_col, "time_col": time_col, "kcore": kcore or None,
@@ -143,6 +145,9 @@ def train_cmd(
     else:
         if dataset is None:
             raise InputError("--dataset is required (or --resume RUN_DIR)")
+        from cml_cli.data.store import check_writable_dir
+
+        check_writable_dir(runs_dir, "--runs-dir", parent_must_exist=True)  # before any work
         manifest = read_manifest(resolve_dataset_dir(dataset, data_dir))
         family = dataset_preset(manifest["name"])
         chosen = preset or manifest.get("preset") or (family.train_preset if family else "default")

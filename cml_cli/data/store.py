@@ -25,6 +25,8 @@ from cml_cli.errors import InputError
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 ARRAYS = "arrays.npz"
+MANIFEST_CHECKSUM = "manifest_sha256"
+_REQUIRED = {"name": str, "behaviors": list, "n_users": int, "n_items": int}
 
 
 def default_data_dir() -> Path:
@@ -63,16 +65,30 @@ def write_json_atomic(path: Path, obj) -> None:
         raise
 
 
-def check_writable_dir(path: Path, what: str) -> None:
-    """Fail early, with a clear message, when ``path`` cannot be created or written."""
+def check_writable_dir(path: Path, what: str, *, parent_must_exist: bool = False) -> None:
+    """Fail early, with a clear message, when ``path`` cannot be created or written.
+
+    The nearest existing ancestor of ``path`` must be a directory in which a file can be
+    created (tried for real with a temporary file, so read-only mounts, ``/proc`` and the
+    like are caught even when running as root, where permission bits are not enforced).
+    With ``parent_must_exist``, ``path`` itself may be missing but not its parent.
+    """
     path = Path(path)
     probe = path
-    while not probe.exists():
+    while not probe.exists() and not probe.is_symlink():
+        if probe.parent == probe:
+            break
         probe = probe.parent
     if not probe.is_dir():
         raise InputError(f"{what} {path}: {probe} is not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError(f"{what} {path}: {probe} is not writable")
+    if parent_must_exist and probe != path and probe != path.parent:
+        raise InputError(f"{what} {path}: parent directory {path.parent} does not exist (create it first)")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".cml-write-test-")
+    except OSError as e:
+        raise InputError(f"{what} {path}: {probe} is not writable ({e.strerror or e})") from None
+    os.close(fd)
+    Path(tmp).unlink(missing_ok=True)
 
 
 def save_dataset(ds: MultiBehaviorDataset, data_dir: Path, extra: dict | None = None) -> Path:
@@ -105,7 +121,10 @@ def save_dataset(ds: MultiBehaviorDataset, data_dir: Path, extra: dict | None = 
             **ds.stats(),
             **(extra or {}),
             "files": {ARRAYS: sha256(tmp / ARRAYS)},
+            "sizes": {ARRAYS: (tmp / ARRAYS).stat().st_size},
         }
+        manifest = json.loads(json.dumps(manifest))  # the checksum is of what a reader will see
+        manifest[MANIFEST_CHECKSUM] = manifest_checksum(manifest)
         write_json_atomic(tmp / MANIFEST, manifest)
         fsync_dir(tmp)
         if final.exists():
@@ -122,17 +141,40 @@ def save_dataset(ds: MultiBehaviorDataset, data_dir: Path, extra: dict | None = 
     return final
 
 
+def manifest_checksum(manifest: dict) -> str:
+    """SHA-256 of a manifest's content without its own checksum (canonical JSON)."""
+    body = {k: v for k, v in manifest.items() if k != MANIFEST_CHECKSUM}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def read_manifest(path: Path) -> dict:
+    """A processed dataset's manifest, checked: JSON object, schema version, required keys,
+    and its own checksum (``manifest_sha256``, where present)."""
     path = Path(path)
     mpath = path / MANIFEST
     if not mpath.is_file():
         raise InputError(f"{mpath}: no processed dataset here (run `cml preprocess` first)")
     try:
-        manifest = json.loads(mpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{mpath}: corrupt manifest ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
+        manifest = json.loads(mpath.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise InputError(f"{mpath}: corrupt manifest ({type(e).__name__}: {e})") from None
+    except OSError as e:
+        raise InputError(f"{mpath}: unreadable ({e.strerror or e})") from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"{mpath}: corrupt manifest (not a JSON object)")
+    if manifest.get("schema_version") != SCHEMA_VERSION:
         raise InputError(f"{mpath}: unsupported schema version {manifest.get('schema_version')!r}")
+    expected = manifest.get(MANIFEST_CHECKSUM)
+    if expected is not None and expected != manifest_checksum(manifest):
+        raise InputError(f"{mpath}: corrupt manifest (checksum mismatch: file corrupt or modified)")
+    problems = [k for k, kind in _REQUIRED.items() if not isinstance(manifest.get(k), kind)]
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not isinstance(files.get(ARRAYS), str):
+        problems.append(f"files.{ARRAYS}")
+    if not problems and not all(isinstance(b, str) for b in manifest["behaviors"]):
+        problems.append("behaviors")
+    if problems:
+        raise InputError(f"{mpath}: corrupt manifest (missing or malformed: {', '.join(problems)})")
     return manifest
 
 
@@ -144,7 +186,8 @@ def resolve_dataset_dir(name_or_path: str | Path, data_dir: Path | None = None) 
     base = Path(data_dir) if data_dir is not None else default_data_dir()
     cand = base / str(name_or_path)
     if not cand.is_dir():
-        raise InputError(f"dataset '{name_or_path}' not found in {base} (run `cml preprocess --dataset {name_or_path}`)")
+        raise InputError(f"dataset '{name_or_path}' not found in {base} "
+                         f"(run `cml preprocess --dataset {name_or_path}`)")
     return cand
 
 
@@ -155,15 +198,27 @@ def load_dataset(name_or_path: str | Path, data_dir: Path | None = None) -> Mult
     apath = path / ARRAYS
     if not apath.is_file():
         raise InputError(f"{apath}: missing")
-    expected = manifest.get("files", {}).get(ARRAYS)
+    expected = manifest["files"][ARRAYS]
+    size = apath.stat().st_size
+    expected_size = manifest.get("sizes", {}).get(ARRAYS) if isinstance(manifest.get("sizes"), dict) else None
+    if expected_size is not None and size != expected_size:
+        raise InputError(f"{apath}: checksum mismatch ({size} bytes, the manifest says {expected_size}: "
+                         "file truncated, corrupt or modified)")
     if sha256(apath) != expected:
         raise InputError(f"{apath}: checksum mismatch (file corrupt or modified)")
     try:
         with np.load(apath, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise InputError(f"{apath}: unreadable ({e})") from None
     behaviors = list(manifest["behaviors"])
+    try:
+        return _dataset(manifest, behaviors, arrays)
+    except KeyError as e:
+        raise InputError(f"{apath}: array {e} missing (file does not match its manifest)") from None
+
+
+def _dataset(manifest: dict, behaviors: list[str], arrays: dict[str, np.ndarray]) -> MultiBehaviorDataset:
     train = {
         b: Interactions(arrays[f"{b}.user"], arrays[f"{b}.item"], arrays.get(f"{b}.time"))
         for b in behaviors

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +90,8 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint, checking the zip CRCs and the tree's SHA-256."""
+    """Read a checkpoint, checking the zip CRCs and the tree's SHA-256; any damage is an
+    :class:`InputError` naming the file."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such checkpoint")
@@ -100,11 +100,18 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             arrays = {k: z[k] for k in z.files}
         tree = arrays.pop("tree").tobytes()
         digest = arrays.pop("tree_sha256").tobytes().decode()
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: corrupt checkpoint ({type(e).__name__}: {e})") from None
+    except Exception as e:  # zip, npy header, CRC and decoding errors of every kind
+        raise InputError(f"{path}: corrupt checkpoint ({type(e).__name__}: {_one_line(e)})") from None
     if hashlib.sha256(tree).hexdigest() != digest:
         raise InputError(f"{path}: corrupt checkpoint (checksum mismatch)")
     try:
-        return _unflatten(json.loads(tree), arrays)
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-        raise InputError(f"{path}: corrupt checkpoint ({type(e).__name__}: {e})") from None
+        state = _unflatten(json.loads(tree), arrays)
+    except Exception as e:
+        raise InputError(f"{path}: corrupt checkpoint ({type(e).__name__}: {_one_line(e)})") from None
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: corrupt checkpoint (not a state dictionary)")
+    return state
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:200]

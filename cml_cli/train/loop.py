@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,13 @@ import torch
 
 from cml_cli.config import RunConfig
 from cml_cli.data.dataset import MultiBehaviorDataset
-from cml_cli.data.store import load_dataset, read_manifest, resolve_dataset_dir, write_json_atomic
+from cml_cli.data.store import (
+    check_writable_dir,
+    load_dataset,
+    read_manifest,
+    resolve_dataset_dir,
+    write_json_atomic,
+)
 from cml_cli.errors import InputError, RunError
 from cml_cli.evaluate import evaluate_sampled
 from cml_cli.train.checkpoint import load_checkpoint, save_checkpoint
@@ -69,49 +77,59 @@ def train(
     force: bool = False,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Train a fresh run of ``cfg`` on a processed dataset; returns the final metrics."""
+    """Train a fresh run of ``cfg`` on a processed dataset; returns the final metrics.
+
+    The run directory is locked before anything in it is written or deleted (``--force``
+    included), so a second process on the same directory fails without touching it."""
     cfg.validate()
+    check_writable_dir(Path(runs_dir), "runs directory")
     ds_dir = resolve_dataset_dir(dataset, data_dir)
     ds_manifest = read_manifest(ds_dir)
     run = RunDir(Path(runs_dir) / (name or default_run_name(ds_manifest["name"], cfg)))
-    if run.path.exists() and any(run.path.iterdir()):
-        if not force:
-            raise InputError(f"{run.path}: run directory exists (use --resume {run.path} to continue, "
-                             "--force to start over, or another --name)")
+    if not run.is_empty() and not force:
+        raise InputError(f"{run.path}: run directory exists (use --resume {run.path} to continue, "
+                         "--force to start over, or another --name)")
+    device = resolve_device(cfg.device)
+    ds = _load(ds_dir, cfg)  # verified (checksums) before the run directory is touched
     run.create()
     run.lock()
     try:
-        if force:
+        if not run.is_empty():  # checked again under the lock: another process may have started it
+            if not force:
+                raise InputError(f"{run.path}: run directory exists (use --resume {run.path} to continue, "
+                                 "--force to start over, or another --name)")
             for child in run.path.iterdir():
                 if child.name != ".lock":
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
-            run.checkpoints.mkdir(parents=True, exist_ok=True)
-        device = resolve_device(cfg.device)
-        ds = _load(ds_dir, cfg)
+        run.checkpoints.mkdir(parents=True, exist_ok=True)
+        # Config and manifest first, so a run killed at any later point can be resumed.
         run.write_config(cfg)
         run.write_manifest(ds_manifest["name"], ds_manifest["files"]["arrays.npz"], cfg, str(device))
         rng = _seed_everything(cfg.seed)
         trainer = make_trainer(ds, cfg, device)
-        state = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "bad": 0, "history": []}
-        return _fit(run, ds, cfg, trainer, rng, state, progress or NullProgress())
+        return _fit(run, ds, cfg, trainer, rng, _fresh_state(), progress or NullProgress())
     finally:
         run.unlock()
+
+
+def _fresh_state() -> dict[str, Any]:
+    return {"epoch": 0, "best": -math.inf, "best_epoch": 0, "bad": 0, "history": []}
 
 
 def resume(run_path: Path, *, data_dir: Path | None = None, progress: Progress | None = None,
            epochs: int | None = None) -> dict[str, Any]:
     """Continue an interrupted run from its last complete checkpoint (``previous`` if the
-    last one is corrupt); the result equals an uninterrupted run's."""
+    last one is corrupt or missing); the result equals an uninterrupted run's."""
     run = RunDir(run_path)
     if not run.path.is_dir():
         raise InputError(f"{run.path}: no such run directory")
-    cfg = run.read_config()
-    if epochs is not None:
-        cfg.epochs = epochs
-        run.write_config(cfg)
-    manifest = run.read_manifest()
     run.lock()
     try:
+        cfg = run.read_config()
+        manifest = run.read_manifest()
+        if epochs is not None:
+            cfg.epochs = epochs
+            cfg.validate()
         ds_dir = resolve_dataset_dir(manifest["dataset"], data_dir)
         ds_manifest = read_manifest(ds_dir)
         if ds_manifest["files"]["arrays.npz"] != manifest["dataset_checksum"]:
@@ -120,13 +138,18 @@ def resume(run_path: Path, *, data_dir: Path | None = None, progress: Progress |
         ds = _load(ds_dir, cfg)
         rng = _seed_everything(cfg.seed)
         trainer = make_trainer(ds, cfg, device)
+        run.remove_temporaries()
         ckpt = _last_good_checkpoint(run)
+        if epochs is not None:
+            run.write_config(cfg)
         if ckpt is None:
-            state = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "bad": 0, "history": []}
+            state = _fresh_state()
         else:
             trainer.load_state_dict(ckpt["trainer"])
             rng.bit_generator.state = ckpt["numpy_rng"]
             torch.set_rng_state(ckpt["torch_rng"])
+            if ckpt.get("cuda_rng") is not None and trainer.device.type == "cuda":
+                torch.cuda.set_rng_state(ckpt["cuda_rng"], trainer.device)
             state = ckpt["loop"]
         run.write_log(state["history"])
         return _fit(run, ds, cfg, trainer, rng, state, progress or NullProgress())
@@ -141,13 +164,64 @@ def _load(ds_dir: Path, cfg: RunConfig) -> MultiBehaviorDataset:
     return ds
 
 
+def _warn(message: str) -> None:
+    sys.stderr.write(f"warning: {message}\n")
+    sys.stderr.flush()
+
+
+def _read_training_checkpoint(path: Path) -> dict:
+    ckpt = load_checkpoint(path)
+    loop = ckpt.get("loop") if isinstance(ckpt, dict) else None
+    if not (isinstance(loop, dict) and all(k in ckpt for k in ("trainer", "numpy_rng", "torch_rng"))
+            and all(k in loop for k in ("epoch", "best", "best_epoch", "bad", "history"))
+            and len(loop["history"]) == loop["epoch"]):
+        raise InputError(f"{path}: corrupt checkpoint (incomplete training state)")
+    return ckpt
+
+
+def _best_epoch_on_disk(run: RunDir) -> tuple[int | None, str | None]:
+    """The epoch stored in ``best.ckpt`` (None if absent) or why it cannot be read."""
+    if not run.best.is_file():
+        return None, None
+    try:
+        best = load_checkpoint(run.best)
+        return int(best["epoch"]), None
+    except (InputError, KeyError, TypeError, ValueError) as e:
+        return None, str(e) if isinstance(e, InputError) else f"{run.best}: corrupt checkpoint (no epoch)"
+
+
 def _last_good_checkpoint(run: RunDir) -> dict | None:
+    """The newest checkpoint to continue from: ``last.ckpt``, else ``previous.ckpt``.
+
+    A checkpoint is usable when it is intact and the best model it refers to is on disk
+    (``best.ckpt`` of its best epoch, or of a later epoch that replaying will write again).
+    A corrupt ``last.ckpt`` is moved aside (``last.ckpt.corrupt``) so that the next rotation
+    cannot push it over the good ``previous.ckpt``. ``None``: start from epoch 0 (there are
+    no checkpoints). Raises :class:`InputError` naming the files when none is usable."""
+    best_epoch, best_problem = _best_epoch_on_disk(run)
+    problems: list[str] = []
     for path in (run.last, run.previous):
-        if path.is_file():
-            try:
-                return load_checkpoint(path)
-            except InputError:
-                continue
+        if not path.is_file():
+            continue
+        try:
+            ckpt = _read_training_checkpoint(path)
+        except InputError as e:
+            problems.append(str(e))
+            continue
+        loop = ckpt["loop"]
+        needs_best = loop["best_epoch"] > 0 and math.isfinite(loop["best"])
+        if needs_best and best_epoch != loop["best_epoch"] and not (best_epoch or 0) > loop["epoch"]:
+            problems.append(best_problem or f"{run.best}: holds epoch {best_epoch}, but {path.name} (epoch "
+                            f"{loop['epoch']}) needs the best model of epoch {loop['best_epoch']}")
+            continue
+        if problems:
+            _warn("; ".join(problems) + f"; resuming from {path} (epoch {loop['epoch']}) instead")
+        if path == run.previous and run.last.is_file():
+            os.replace(run.last, run.last.with_name(run.last.name + ".corrupt"))
+        return ckpt
+    if problems:
+        raise InputError("; ".join(problems) + f"; no usable checkpoint left in {run.checkpoints} (move that "
+                         "folder away and resume again to restart the run from epoch 1)")
     return None
 
 
@@ -169,9 +243,11 @@ def _fit(run: RunDir, ds: MultiBehaviorDataset, cfg: RunConfig, trainer, rng: np
         for b, rows in enumerate(batches, start=1):
             try:
                 parts = trainer.train_batch(rows, rng)
+                if not all(math.isfinite(v) for v in parts.values()):
+                    bad = {k: v for k, v in parts.items() if not math.isfinite(v)}
+                    raise NonFiniteLoss(f"loss is not finite ({', '.join(f'{k} {v}' for k, v in bad.items())})")
             except NonFiniteLoss as e:
-                raise RunError(f"epoch {epoch}, batch {b}: {e}; stopped, last good checkpoint kept in "
-                               f"{run.checkpoints}") from None
+                raise RunError(f"epoch {epoch}, batch {b}: {e}; training stopped. {_kept(run, state)}") from None
             for key, value in parts.items():
                 totals[key] = totals.get(key, 0.0) + value
             progress.advance(parts.get("loss", 0.0))
@@ -197,8 +273,9 @@ def _fit(run: RunDir, ds: MultiBehaviorDataset, cfg: RunConfig, trainer, rng: np
         state["history"].append(row)
         if run.last.is_file():
             run.last.replace(run.previous)
+        cuda_rng = torch.cuda.get_rng_state(trainer.device) if trainer.device.type == "cuda" else None
         save_checkpoint(run.last, {"trainer": trainer.state_dict(), "numpy_rng": rng.bit_generator.state,
-                                   "torch_rng": torch.get_rng_state(), "loop": state})
+                                   "torch_rng": torch.get_rng_state(), "cuda_rng": cuda_rng, "loop": state})
         run.append_log(row)
         progress.end_epoch(row)
         stop = epoch >= cfg.epochs or (select_on is not None and cfg.patience > 0 and state["bad"] > cfg.patience)
@@ -206,10 +283,21 @@ def _fit(run: RunDir, ds: MultiBehaviorDataset, cfg: RunConfig, trainer, rng: np
     return _finish(run, ds, cfg, trainer, state, ks, has_valid)
 
 
+def _kept(run: RunDir, state: dict) -> str:
+    if state["epoch"] == 0:
+        return "No checkpoint was written (the loss diverged in the first epoch: try a smaller lr)."
+    return (f"The last good checkpoint is kept: {run.last} (epoch {state['epoch']}); metrics so far in "
+            f"{run.log}.")
+
+
 def _finish(run: RunDir, ds: MultiBehaviorDataset, cfg: RunConfig, trainer, state: dict, ks: list[int],
             has_valid: bool) -> dict[str, Any]:
     if run.best.is_file():
-        trainer.load_model_state(load_checkpoint(run.best)["trainer"])
+        best = load_checkpoint(run.best)
+        if best.get("epoch") != state["best_epoch"]:
+            raise RunError(f"{run.best}: holds epoch {best.get('epoch')}, but the best epoch is "
+                           f"{state['best_epoch']}")
+        trainer.load_model_state(best["trainer"])
     scorer = trainer.scorer()
     history = state["history"]
     result: dict[str, Any] = {

@@ -3,7 +3,7 @@
     <runs-dir>/<name>/config.toml      the resolved configuration
     <runs-dir>/<name>/manifest.json    git revision, dataset checksum, seed, machine, command
     <runs-dir>/<name>/metrics.jsonl    one line per epoch
-    <runs-dir>/<name>/checkpoints/     last.ckpt (every epoch), best.ckpt
+    <runs-dir>/<name>/checkpoints/     last.ckpt (every epoch), previous.ckpt (the one before), best.ckpt
     <runs-dir>/<name>/metrics.json     final metrics (written last: its presence means done)
     <runs-dir>/<name>/.lock            held by the process training in it
 """
@@ -16,6 +16,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -74,12 +75,22 @@ class RunDir:
         self.checkpoints.mkdir(parents=True, exist_ok=True)
 
     def lock(self) -> None:
-        f = open(self.path / ".lock", "a+")
+        """Take the run directory's lock or fail, changing nothing, if another process holds it.
+
+        ``flock`` locks vanish with their process, so a killed run never leaves a stale lock."""
+        try:
+            f = open(self.path / ".lock", "a+")
+        except OSError as e:
+            raise InputError(f"{self.path}: cannot create the lock file ({e.strerror or e})") from None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip()[:20]
             f.close()
-            raise InputError(f"{self.path}: another cml process is using this run directory") from None
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise InputError(f"{self.path}: another cml process{who} is using this run directory; nothing was "
+                             "changed (wait for it to finish, or stop it first)") from None
         f.seek(0)
         f.truncate()
         f.write(str(os.getpid()))
@@ -92,15 +103,50 @@ class RunDir:
             self._lock_file.close()
             self._lock_file = None
 
+    def is_empty(self) -> bool:
+        """Nothing in the directory but the lock file and an empty ``checkpoints/``."""
+        if not self.path.is_dir():
+            return True
+        for child in self.path.iterdir():
+            if child.name == ".lock":
+                continue
+            if child == self.checkpoints and child.is_dir() and not any(child.iterdir()):
+                continue
+            return False
+        return True
+
+    def remove_temporaries(self) -> list[Path]:
+        """Delete the ``*.tmp`` files an interrupted write leaves behind (call with the lock held)."""
+        removed = []
+        for folder in (self.path, self.checkpoints):
+            if folder.is_dir():
+                for child in folder.iterdir():
+                    if child.name.endswith(".tmp") and child.is_file():
+                        child.unlink(missing_ok=True)
+                        removed.append(child)
+        return removed
+
     def write_config(self, cfg: RunConfig) -> None:
-        tmp = self.config.with_suffix(".toml.tmp")
-        tmp.write_text(config_to_toml(cfg))
-        os.replace(tmp, self.config)
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".config.toml.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(config_to_toml(cfg))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.config)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def read_config(self) -> RunConfig:
         if not self.config.is_file():
-            raise InputError(f"{self.config}: missing (not a run directory?)")
-        return apply_overrides(RunConfig(), load_toml(self.config)).validate()
+            raise InputError(f"{self.config}: missing (not a run directory, or a run interrupted before it "
+                             "started: start it again with `cml train ... --force`)")
+        try:
+            return apply_overrides(RunConfig(), load_toml(self.config)).validate()
+        except InputError as e:
+            msg = str(e)
+            raise InputError(msg if str(self.config) in msg else f"{self.config}: {msg}") from None
 
     def write_manifest(self, dataset: str, dataset_checksum: str, cfg: RunConfig, device: str) -> None:
         write_json_atomic(self.manifest, {
@@ -118,20 +164,31 @@ class RunDir:
         })
 
     def read_manifest(self) -> dict:
+        if not self.manifest.is_file():
+            raise InputError(f"{self.manifest}: missing (not a run directory, or a run interrupted before it "
+                             "started: start it again with `cml train ... --force`)")
         try:
-            return json.loads(self.manifest.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise InputError(f"{self.manifest}: unreadable ({e})") from None
+            manifest = json.loads(self.manifest.read_bytes())
+        except (OSError, ValueError, RecursionError) as e:
+            raise InputError(f"{self.manifest}: corrupt or unreadable ({type(e).__name__}: {e})") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("dataset"), str) or \
+                not isinstance(manifest.get("dataset_checksum"), str):
+            raise InputError(f"{self.manifest}: corrupt (no dataset or dataset_checksum)")
+        return manifest
 
     def write_log(self, history: list[dict]) -> None:
         """Rewrite ``metrics.jsonl`` from the checkpointed history (atomically)."""
-        tmp = self.log.with_suffix(".jsonl.tmp")
-        with open(tmp, "w") as f:
-            for row in history:
-                f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.log)
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".metrics.jsonl.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                for row in history:
+                    f.write(json.dumps(row) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.log)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def append_log(self, row: dict) -> None:
         with open(self.log, "a") as f:
