@@ -199,6 +199,83 @@ def evaluate(
         err.print(_metrics_table(result, f"{run_dir} ({checkpoint} checkpoint, {protocol} ranking)"))
 
 
+@app.command()
+def ablate(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Processed dataset name (or path)."),
+    variants: Optional[str] = typer.Option(None, "--variants", help="Comma-separated variants (or the groups all, "
+                                           "ablations, baselines) \\[default: every variant and baseline that "
+                                           "applies]."),
+    seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds; each variant runs once per seed."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Runs side by side (each with cores/jobs torch threads)."),
+    executor: str = typer.Option("local", "--executor", help="local | ray."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address \\[default: start a "
+                                              "local one]."),
+    name: Optional[str] = typer.Option(None, "--name", help="Grid directory under --runs-dir "
+                                       "\\[default: ablate-DATASET]."),
+    set_: list[str] = typer.Option([], "--set", help="Override an option of every run: key=value (repeatable)."),
+    variants_file: Optional[Path] = typer.Option(None, "--variants-file", help="TOML file of \\[variants.NAME] tables "
+                                                 "of overrides."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Run directories live here."),
+    data_dir: Optional[Path] = DataDir,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Run a grid of variants x seeds (reusing finished runs) and write the comparison table."""
+    from cml_cli.ablate import run_grid
+    from cml_cli.config import parse_set
+    from cml_cli.errors import RunError
+    from cml_cli.report import rich_table
+
+    def on_event(event: str, unit, info: dict) -> None:
+        if event == "reused":
+            err.print(f"reused {unit.label()} ({info['run']})", highlight=False)
+        elif event == "start":
+            err.print(f"[{info['index'] + 1}/{info['total']}] {unit.label()}: training, log {info['log']}",
+                      highlight=False)
+        elif event == "done":
+            err.print(f"[{info['index']}/{info['total']}] {unit.label()}: done in {info['seconds']:.1f} s",
+                      highlight=False)
+        elif event == "failed":
+            err.print(f"[{info['index']}/{info['total']}] {unit.label()}: [red]failed[/] ({info['error']}); "
+                      f"log {info['log']}", highlight=False)
+
+    result = run_grid(dataset, _split_list(variants), seeds, parse_set(set_), jobs, executor, name, runs_dir,
+                      data_dir, variants_file=variants_file, ray_address=ray_address, on_event=on_event,
+                      command=" ".join(["cml", *sys.argv[1:]]))
+    if result["skipped"]:
+        err.print(f"skipped (cml_cli.model.baselines not available): {', '.join(result['skipped'])}")
+    if as_json:
+        _print_json(result["table"])
+    else:
+        err.print(rich_table(result["table"]))
+        err.print(f"tables in {result['grid_dir']}/table.{{csv,md,json}} ({result['executed']} runs trained, "
+                  f"{result['reused']} reused, {result['seconds']:.1f} s)", highlight=False)
+    if result["failed"]:
+        names = ", ".join(f"{Path(f['run']).name} (log {f['log']})" for f in result["failed"])
+        raise RunError(f"{len(result['failed'])} run(s) failed: {names}")
+
+
+@app.command()
+def report(
+    runs: Path = typer.Argument(..., help="An ablation directory (runs/NAME written by `cml ablate`)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory \\[default: RUNS/report]."),
+    variants: Optional[str] = typer.Option(None, "--variants", help="Only these variants \\[default: all in RUNS]."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Only these seeds \\[default: all]."),
+    tables_only: bool = typer.Option(False, "--tables-only", help="Rebuild the tables without drawing."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Rebuild the tables of an ablation from its run directories; draw figures and report.md."""
+    from cml_cli.ablate import parse_seeds
+    from cml_cli.report import build_report, rich_table
+
+    result = build_report(runs, out, plots=not tables_only, variants=_split_list(variants),
+                          seeds=parse_seeds(seeds) if seeds is not None else None)
+    if as_json:
+        _print_json({"out": result["out"], "files": result["files"], "table": result["table"]})
+    else:
+        err.print(rich_table(result["table"]))
+        err.print(f"report written to {result['out']}/report.md ({len(result['files'])} files)", highlight=False)
+
+
 def main() -> None:
     """Entry point: run the app, turning project errors into one line and an exit code."""
     try:
