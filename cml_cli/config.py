@@ -25,6 +25,7 @@ class RunConfig:
     dim: int = 16
     layers: int = 3
     adj: str = "symmetric"
+    act: str = "sigmoid"
     lr: float = 1e-3
     max_lr: float = 5e-3
     cycle_up: int = 5
@@ -60,6 +61,7 @@ class RunConfig:
         choices = {
             "model": MODELS,
             "adj": ("none", "symmetric"),
+            "act": ("sigmoid", "tanh"),
             "meta_optimizer": ("adamw", "sgd"),
             "meta_grad": ("first-order", "second-order"),
             "meta_sampling": ("intended", "reference"),

@@ -44,9 +44,10 @@ class CML(nn.Module):
     """
 
     def __init__(self, n_users: int, n_items: int, n_behaviors: int, dim: int = 16, layers: int = 3,
-                 dropout: float = 0.8, reg: float = 1e-3, beta: float = 0.005, contrastive: bool = True):
+                 dropout: float = 0.8, reg: float = 1e-3, beta: float = 0.005, contrastive: bool = True,
+                 act: str = "sigmoid"):
         super().__init__()
-        self.encoder = BehaviorEncoder(n_users, n_items, dim, layers)
+        self.encoder = BehaviorEncoder(n_users, n_items, dim, layers, act)
         self.weigher = MetaWeightNet(dim, dropout)
         self.n_behaviors, self.dim = n_behaviors, dim
         self.reg, self.beta, self.contrastive = reg, beta, contrastive

@@ -74,10 +74,14 @@ class BehaviorEncoder(nn.Module):
     (items alike with :math:`A_k^\top`, :math:`W_I^l`), then
     :math:`e_u = [H_U^1 \| \dots \| H_U^L] P_U` and :math:`e_u^k = [S_U^{k,1} \| \dots \| S_U^{k,L}] P_U`.
     Only the users' behavior-specific embeddings are returned: nothing downstream uses the items'.
+
+    ``act='sigmoid'`` is the paper's :math:`\sigma`; ``act='tanh'`` replaces it with the
+    zero-centred :math:`\tanh` (see the README's "Strong CML" note).
     """
 
-    def __init__(self, n_users: int, n_items: int, dim: int = 16, layers: int = 3):
+    def __init__(self, n_users: int, n_items: int, dim: int = 16, layers: int = 3, act: str = "sigmoid"):
         super().__init__()
+        self.act = torch.sigmoid if act == "sigmoid" else torch.tanh
         self.user_emb = nn.Parameter(torch.empty(n_users, dim))
         self.item_emb = nn.Parameter(torch.empty(n_items, dim))
         self.w_user = nn.Parameter(torch.empty(layers, dim, dim))
@@ -101,9 +105,9 @@ class BehaviorEncoder(nn.Module):
         for layer in range(self.layers):
             m_u = graph.to_users(h_i) @ self.w_user[layer]
             m_i = graph.to_items(h_u) @ self.w_item[layer]
-            spec_u.append(torch.sigmoid(m_u))
-            h_u = torch.sigmoid(m_u.mean(0))
-            h_i = torch.sigmoid(m_i.mean(0))
+            spec_u.append(self.act(m_u))
+            h_u = self.act(m_u.mean(0))
+            h_i = self.act(m_i.mean(0))
             agg_u.append(h_u)
             agg_i.append(h_i)
         e_u = torch.cat(agg_u, dim=-1) @ self.p_user

@@ -103,7 +103,7 @@ class CMLTrainer:
         self.graph = BehaviorGraph([ds.train[b].user for b in ds.behaviors], [ds.train[b].item for b in ds.behaviors],
                                    ds.n_users, ds.n_items, norm=cfg.adj, device=device)
         self.model = CML(ds.n_users, ds.n_items, len(ds.behaviors), cfg.dim, cfg.layers, cfg.meta_dropout,
-                         cfg.reg, cfg.beta, cfg.contrastive).to(device)
+                         cfg.reg, cfg.beta, cfg.contrastive, cfg.act).to(device)
         self.sampler = CMLSampler(ds, cfg, device)
         enc, weigher = self.model.encoder.parameters(), self.model.weigher.parameters()
         self.opt = torch.optim.AdamW(enc, lr=cfg.lr, weight_decay=cfg.wd)
