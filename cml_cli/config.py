@@ -24,7 +24,7 @@ class RunConfig:
     batch: int = 4096
     dim: int = 16
     layers: int = 3
-    adj: str = "symmetric"
+    adj: str = "none"
     act: str = "sigmoid"
     lr: float = 1e-3
     max_lr: float = 5e-3
@@ -43,6 +43,7 @@ class RunConfig:
     ssl_ratio: float = 0.1
     meta_batch: int = 128
     samp_num: int = 10
+    aux_samples: int = 1
     meta_dropout: float = 0.8
     clip: float = 20.0
     meta: bool = True
@@ -72,7 +73,7 @@ class RunConfig:
             value = getattr(self, key)
             if value not in allowed and not (key == "device" and str(value).startswith("cuda:")):
                 raise InputError(f"{key}: '{value}' is not one of {', '.join(allowed)}")
-        positive = ("epochs", "batch", "dim", "layers", "meta_batch", "samp_num", "eval_batch",
+        positive = ("epochs", "batch", "dim", "layers", "meta_batch", "samp_num", "aux_samples", "eval_batch",
                     "cycle_up", "cycle_down", "meta_cycle_up", "meta_cycle_down")
         for key in positive:
             if getattr(self, key) <= 0:

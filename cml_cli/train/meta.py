@@ -61,8 +61,9 @@ class CMLSampler:
             if k == len(self.index) - 1:
                 u, pos = user, item
             else:
-                pos, has = index.sample_positive(user, rng)
-                u, pos = user[has], pos[has]
+                repeated = np.repeat(user, self.cfg.aux_samples)
+                pos, has = index.sample_positive(repeated, rng)
+                u, pos = repeated[has], pos[has]
             neg = index.sample_negative(u, rng)
             triples.append(Triples(self._tensor(u), self._tensor(pos), self._tensor(neg)))
         return Batch(triples, self._ssl_users(user, rng), len(rows))
