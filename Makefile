@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(BIN)/cml evaluate runs/demo --ks 1,5,10,20
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/bench_train.py --record
 
 clean:
 	rm -rf $(VENV) data runs .pytest_cache
