@@ -75,6 +75,48 @@ def test_encoder_matches_dense_recomputation(norm):
         torch.testing.assert_close(e_uk[k].detach(), torch.cat(spec[k], 1) @ p_u, rtol=1e-5, atol=1e-6)
 
 
+def test_mean_norm_propagates_neighbour_means():
+    users, items = [np.array([0, 0, 1]), np.array([1])], [np.array([0, 1, 1]), np.array([2])]
+    graph = BehaviorGraph(users, items, 2, 3, norm="mean")
+    x = torch.randn(3, 2)
+    to_users, to_items = graph.to_users(x), graph.to_items(x[:2])
+    torch.testing.assert_close(to_users[0], torch.stack([x[:2].mean(0), x[1]]))
+    torch.testing.assert_close(to_users[1], torch.stack([torch.zeros(2), x[2]]))
+    torch.testing.assert_close(to_items[0], torch.stack([x[0], x[:2].mean(0), torch.zeros(2)]))
+
+
+@pytest.mark.parametrize("ego", [False, True])
+def test_held_out_edges_equal_a_graph_built_without_them(ego):
+    users = [np.array([0, 0, 1, 1, 2, 2, 2]), np.array([0, 2, 2])]
+    items = [np.array([0, 1, 1, 2, 0, 2, 3]), np.array([0, 2, 3])]
+    # hold out (0, 0) in both behaviors and (2, 3) in behavior 0, in block coordinates
+    rows, cols = torch.tensor([0, 3 + 0, 2]), torch.tensor([0, 4 + 0, 3])
+    kept = [np.ones(7, bool), np.ones(3, bool)]
+    kept[0][[0, 6]] = False
+    kept[1][0] = False
+    full = BehaviorGraph(users, items, 3, 4)
+    reduced = BehaviorGraph([u[m] for u, m in zip(users, kept)], [i[m] for i, m in zip(items, kept)], 3, 4)
+    torch.manual_seed(0)
+    enc = BehaviorEncoder(3, 4, dim=4, layers=2, ego=ego)
+    for got, want in zip(enc(full.without(rows, cols)), enc(reduced)):
+        torch.testing.assert_close(got, want)
+    assert full.held_out is None
+
+
+def test_ego_prepends_the_layer0_tables():
+    graph = BehaviorGraph([np.array([0, 1]), np.array([1])], [np.array([0, 1]), np.array([2])], 2, 3)
+    torch.manual_seed(0)
+    enc = BehaviorEncoder(2, 3, dim=4, layers=2, ego=True)
+    assert enc.p_user.shape == (12, 4)
+    with torch.no_grad():
+        enc.p_user[4:] = 0
+        enc.p_item[4:] = 0
+    e_u, e_i, e_uk = enc(graph)
+    torch.testing.assert_close(e_u, enc.user_emb @ enc.p_user[:4])
+    torch.testing.assert_close(e_i, enc.item_emb @ enc.p_item[:4])
+    torch.testing.assert_close(e_uk, (enc.user_emb @ enc.p_user[:4]).expand(2, -1, -1))
+
+
 # ----------------------------------------------------------------------------- weight net
 
 
@@ -253,3 +295,21 @@ def test_second_order_meta_gradient_matches_finite_differences(tiny, param):
         assert abs(first_order - numeric) > 1e-3 * abs(numeric)
     finally:
         torch.set_default_dtype(old)
+
+
+def test_hold_out_lists_every_positive_edge_of_the_batch(tiny):
+    tr, batch, meta_batch = _trainer(tiny, hold_out=True)
+    n_u, n_i = tiny.n_users, tiny.n_items
+    for b in (batch, meta_batch):
+        rows, cols = (t.numpy() for t in b.held_out)
+        held = set(zip(rows.tolist(), cols.tolist()))
+        assert len(held) == len(rows)  # no edge twice
+        for k, index in enumerate(tr.sampler.index):
+            assert index.contains(rows[rows // n_u == k] % n_u, cols[rows // n_u == k] % n_i).all()
+            for t in b.triples:
+                u, i = t.user.numpy(), t.pos.numpy()
+                has = index.contains(u, i)
+                assert {(x, y) for x, y in zip(u[has] + k * n_u, i[has] + k * n_i)} <= held
+    parts = tr.train_batch(tr.batches(np.random.default_rng(1))[0], np.random.default_rng(1))
+    assert np.isfinite(parts["loss"])
+    assert _trainer(tiny)[1].held_out is None

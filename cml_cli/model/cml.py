@@ -25,11 +25,14 @@ class Triples:
 @dataclass
 class Batch:
     """One mini-batch: BPR triples per behavior (target last), the contrastive users
-    ``ssl_users [S]`` and the normaliser ``size`` (B, the number of target examples)."""
+    ``ssl_users [S]``, the normaliser ``size`` (B, the number of target examples) and
+    optionally ``held_out``, the graph edges (block coordinates, see
+    :meth:`BehaviorGraph.without`) to leave out of the propagation for this batch."""
 
     triples: list[Triples]
     ssl_users: Tensor
     size: int
+    held_out: tuple[Tensor, Tensor] | None = None
 
 
 class CML(nn.Module):
@@ -45,9 +48,9 @@ class CML(nn.Module):
 
     def __init__(self, n_users: int, n_items: int, n_behaviors: int, dim: int = 16, layers: int = 3,
                  dropout: float = 0.8, reg: float = 1e-3, beta: float = 0.005, contrastive: bool = True,
-                 act: str = "sigmoid"):
+                 act: str = "sigmoid", ego: bool = False):
         super().__init__()
-        self.encoder = BehaviorEncoder(n_users, n_items, dim, layers, act)
+        self.encoder = BehaviorEncoder(n_users, n_items, dim, layers, act, ego)
         self.weigher = MetaWeightNet(dim, dropout)
         self.n_behaviors, self.dim = n_behaviors, dim
         self.reg, self.beta, self.contrastive = reg, beta, contrastive
@@ -60,7 +63,10 @@ class CML(nn.Module):
 
     def objective(self, graph: BehaviorGraph, batch: Batch, params: dict[str, Tensor] | None = None,
                   weighting: str = "meta") -> tuple[Tensor, dict[str, float]]:
-        """The weighted loss and its parts (as floats, for logging)."""
+        """The weighted loss and its parts (as floats, for logging). The batch's ``held_out``
+        edges, if any, are removed from ``graph`` first."""
+        if batch.held_out is not None:
+            graph = graph.without(*batch.held_out)
         e_u, e_i, e_uk = self.encode(graph, params)
         k_count = self.n_behaviors
         bpr_total = e_u.new_zeros(())

@@ -39,6 +39,7 @@ class CMLSampler:
         target = ds.train[ds.target]
         self.user, self.item = target.user, target.item
         self.meta_users = ds.meta_users
+        self.n_users, self.n_items = ds.n_users, ds.n_items
 
     def epoch(self, rng: np.random.Generator) -> list[np.ndarray]:
         """A shuffled partition of the target training pairs into batches."""
@@ -66,7 +67,24 @@ class CMLSampler:
                 u, pos = repeated[has], pos[has]
             neg = index.sample_negative(u, rng)
             triples.append(Triples(self._tensor(u), self._tensor(pos), self._tensor(neg)))
-        return Batch(triples, self._ssl_users(user, rng), len(rows))
+        return Batch(triples, self._ssl_users(user, rng), len(rows), self._held_out(triples))
+
+    def _held_out(self, triples: list[Triples]) -> tuple[Tensor, Tensor] | None:
+        """With ``hold_out=True``: every positive pair of the batch, in every behavior that has
+        it, as block coordinates, so the model must score a positive without seeing its edge
+        (as at test time, where the held-out item is in none of the user's behaviors)."""
+        if not self.cfg.hold_out:
+            return None
+        user = torch.cat([t.user for t in triples]).cpu().numpy()
+        item = torch.cat([t.pos for t in triples]).cpu().numpy()
+        keys = np.unique(user * self.n_items + item)
+        user, item = keys // self.n_items, keys % self.n_items
+        rows, cols = [], []
+        for k, index in enumerate(self.index):
+            has = index.contains(user, item)
+            rows.append(user[has] + k * self.n_users)
+            cols.append(item[has] + k * self.n_items)
+        return self._tensor(np.concatenate(rows)), self._tensor(np.concatenate(cols))
 
     def meta_batch(self, pointer: int, rng: np.random.Generator) -> tuple[Batch, int]:
         """The next ``meta_batch`` meta users (cycling) with up to ``samp_num`` pairs each, per
@@ -81,7 +99,8 @@ class CMLSampler:
             neg = source.sample_negative(u, rng)
             triples.append(Triples(self._tensor(u), self._tensor(pos), self._tensor(neg)))
         size = max(int(triples[-1].user.numel()), 1)
-        return Batch(triples, self._ssl_users(users, rng, count=len(np.unique(users))), size), int(
+        ssl = self._ssl_users(users, rng, count=len(np.unique(users)))
+        return Batch(triples, ssl, size, self._held_out(triples)), int(
             (pointer + count) % len(self.meta_users))
 
 
@@ -104,7 +123,7 @@ class CMLTrainer:
         self.graph = BehaviorGraph([ds.train[b].user for b in ds.behaviors], [ds.train[b].item for b in ds.behaviors],
                                    ds.n_users, ds.n_items, norm=cfg.adj, device=device)
         self.model = CML(ds.n_users, ds.n_items, len(ds.behaviors), cfg.dim, cfg.layers, cfg.meta_dropout,
-                         cfg.reg, cfg.beta, cfg.contrastive, cfg.act).to(device)
+                         cfg.reg, cfg.beta, cfg.contrastive, cfg.act, cfg.ego).to(device)
         self.sampler = CMLSampler(ds, cfg, device)
         enc, weigher = self.model.encoder.parameters(), self.model.weigher.parameters()
         self.opt = torch.optim.AdamW(enc, lr=cfg.lr, weight_decay=cfg.wd)
