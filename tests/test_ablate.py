@@ -59,7 +59,8 @@ def test_registry_has_every_variant_for_the_dataset_behaviors():
     assert reg["adj-none"].overrides == {"adj": "none"}
     assert reg["w/o-view"].overrides == {"behaviors": ["cart"]}
     assert reg["target-only"].overrides == {"behaviors": []}
-    assert reg["lightgcn-merged"].overrides == {"model": "lightgcn-merged"} and reg["bpr-mf"].kind == "baseline"
+    assert reg["lightgcn-merged"].overrides == {"model": "lightgcn-merged", "lr": 5e-3}
+    assert reg["popularity"].overrides == {"model": "popularity"} and reg["bpr-mf"].kind == "baseline"
     # a dataset with the target behavior only has no behavior ablations
     assert not any(n.startswith("w/o-") and n not in ("w/o-clf", "w/o-mce") for n in builtin_variants(["buy"]))
     assert "target-only" not in builtin_variants(["buy"])
@@ -247,9 +248,9 @@ def test_cli_runs_jobs_side_by_side_and_exits_1_naming_the_failed_run(grid, data
 def test_ray_executor(grid, data_dir):
     ray = pytest.importorskip("ray", reason="Ray is not installed (optional extra: pip install 'cml-cli[ray]')")
     assert not ray.is_initialized()
-    result = run_grid("synthetic", ["cml", "adj-none"], [0], FAST, executor="ray", name="g",
+    result = run_grid("synthetic", ["cml", "adj-symmetric"], [0], FAST, executor="ray", name="g",
                       runs_dir=grid["runs"], data_dir=data_dir)
     assert result["failed"] == [] and result["executed"] == 1 and result["reused"] == 1
-    assert (grid["dir"] / "adj-none-s0" / "metrics.json").is_file()
-    assert "finished in" in (grid["dir"] / "adj-none-s0.log").read_text()
+    assert (grid["dir"] / "adj-symmetric-s0" / "metrics.json").is_file()
+    assert "finished in" in (grid["dir"] / "adj-symmetric-s0.log").read_text()
     assert not ray.is_initialized()  # the local cluster it started is shut down

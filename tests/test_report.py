@@ -24,7 +24,7 @@ def grid_dir(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("report")
     preprocess("synthetic", data_dir=root / "data")
-    result = run_grid("synthetic", ["cml", "w/o-clf", "adj-symmetric"], [0, 1], FAST, name="rep",
+    result = run_grid("synthetic", ["cml", "w/o-clf", "adj-none"], [0, 1], FAST, name="rep",
                       runs_dir=root / "runs", data_dir=root / "data")
     assert result["failed"] == []
     return Path(result["grid_dir"])
@@ -33,7 +33,7 @@ def grid_dir(tmp_path_factory) -> Path:
 def test_tables_are_rebuilt_from_the_run_directories(grid_dir):
     table = summarize_grid(grid_dir)
     assert table == json.loads((grid_dir / "table.json").read_text())
-    assert [r["variant"] for r in table["rows"]] == ["cml", "w/o-clf", "adj-symmetric"]
+    assert [r["variant"] for r in table["rows"]] == ["cml", "w/o-clf", "adj-none"]
     assert table["evaluation"].startswith("sampled ranking: 1 held-out item + 99")
     assert table["protocol"] == "strict"
     assert len(table["runs"]) == 6 and {r["status"] for r in table["runs"]} == {"ok"}
@@ -54,7 +54,7 @@ def test_report_writes_figures_tables_and_markdown(grid_dir, tmp_path):
     for stem in FIGURES:
         assert f"]({stem}.png)" in md and f"({stem}.svg)" in md
     assert "| cml |" in md and "## Runs" in md and "Git revision" in md and "synthetic" in md
-    assert "same config as cml" in md  # adj-symmetric is cml's default
+    assert "same config as cml" in md  # adj-none is cml's default
     assert str(out / "report.md") in result["files"]
 
 
