@@ -16,6 +16,18 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a loaded 2-core machine OpenMP
+    threads waiting on each other slow the tests down many times over."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def shared_datasets() -> Path:
     """``../shared/datasets`` relative to the repository root; the test is skipped without it."""

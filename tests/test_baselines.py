@@ -28,16 +28,6 @@ CPU = torch.device("cpu")
 TRAINED = ["bpr-mf", "lightgcn-target", "lightgcn-merged"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a loaded machine OpenMP threads
-    waiting on each other slow these tests down many times over."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("data")

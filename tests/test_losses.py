@@ -13,16 +13,6 @@ from cml_cli.model.encoder import BehaviorGraph
 from cml_cli.model.losses import bpr_loss, info_nce, l2_reg
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a loaded machine OpenMP threads
-    waiting on each other slow these tests down many times over."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 

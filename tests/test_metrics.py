@@ -15,16 +15,6 @@ from cml_cli.evaluate import EmbeddingScorer, evaluate_full, evaluate_sampled, k
 KS = [1, 3, 5, 10]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a loaded machine OpenMP threads
-    waiting on each other slow these tests down many times over."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _brute_sampled(pos: np.ndarray, neg: np.ndarray, ks: list[int]) -> dict[str, float]:
     """Every position the positive can take among the items tied with it, each by an actual
     sort with explicit tie-breaking keys, averaged (the exact expectation over random tie orders)."""

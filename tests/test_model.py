@@ -15,16 +15,6 @@ from cml_cli.train.meta import CMLTrainer
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a loaded machine OpenMP threads
-    waiting on each other slow these tests down many times over."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     _, ds = preprocess("synthetic", size="tiny", data_dir=tmp_path_factory.mktemp("data"))

@@ -5,21 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from cml_cli.config import RunConfig
 from cml_cli.data.preprocess import preprocess
 from cml_cli.train.loop import resume, train
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a loaded machine OpenMP threads
-    waiting on each other slow these tests down many times over."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
