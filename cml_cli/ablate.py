@@ -65,6 +65,8 @@ _CORE = (
     Variant("second-order", {"meta_grad": "second-order"}, "ablation", "second-order meta-gradient"),
     Variant("adj-none", {"adj": "none"}, "ablation", "unnormalised adjacency"),
     Variant("adj-symmetric", {"adj": "symmetric"}, "ablation", "symmetrically normalised adjacency"),
+    Variant("no-hold-out", {"hold_out": False}, "ablation",
+            "batch positives stay in the propagated graph (the paper's training)"),
 )
 _BASELINE_TEXT = {
     "popularity": "most-interacted items first (all behaviors)",

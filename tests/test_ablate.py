@@ -47,8 +47,8 @@ def grid(data_dir) -> dict:
 
 def test_registry_has_every_variant_for_the_dataset_behaviors():
     reg = builtin_variants(["view", "cart", "buy"])
-    assert list(reg)[:7] == ["cml", "w/o-clf", "w/o-mce", "first-order", "second-order", "adj-none",
-                             "adj-symmetric"]
+    assert list(reg)[:8] == ["cml", "w/o-clf", "w/o-mce", "first-order", "second-order", "adj-none",
+                             "adj-symmetric", "no-hold-out"]
     for name in ("w/o-view", "w/o-cart", "target-only", "popularity", "itemknn-merged", "bpr-mf",
                  "lightgcn-target", "lightgcn-merged"):
         assert name in reg

@@ -303,3 +303,26 @@ def test_hold_out_lists_every_positive_edge_of_the_batch(tiny):
     parts = tr.train_batch(tr.batches(np.random.default_rng(1))[0], np.random.default_rng(1))
     assert np.isfinite(parts["loss"])
     assert _trainer(tiny)[1].held_out is None
+
+
+def test_hold_out_mirrors_the_test_split(tmp_path):
+    """Batch positives leave every behavior when test items never occur in auxiliary data
+    (synthetic, CML files); only their own behavior when they do (MB-CGCN files)."""
+    import numpy as np
+
+    from cml_cli.config import RunConfig
+    from cml_cli.data.preprocess import preprocess
+    from cml_cli.train.meta import CMLSampler
+
+    _, ds = preprocess("synthetic", size="tiny", data_dir=tmp_path)
+    cfg = RunConfig(hold_out=True, batch=64)
+    sampler = CMLSampler(ds, cfg, torch.device("cpu"))
+    assert sampler.hold_out_everywhere
+    rng = np.random.default_rng(0)
+    rows = sampler.epoch(rng)[0]
+    everywhere = sampler.batch(rows, np.random.default_rng(1)).held_out
+    sampler.hold_out_everywhere = False
+    own = sampler.batch(rows, np.random.default_rng(1)).held_out
+    assert own[0].numel() < everywhere[0].numel()
+    blocks_own = set((own[0] // ds.n_users).tolist())
+    assert blocks_own <= set(range(len(ds.behaviors)))

@@ -40,6 +40,8 @@ class CMLSampler:
         self.user, self.item = target.user, target.item
         self.meta_users = ds.meta_users
         self.n_users, self.n_items = ds.n_users, ds.n_items
+        self.hold_out_everywhere = not any(index.contains(ds.test.user, ds.test.item).any()
+                                           for index in self.index[:-1])
 
     def epoch(self, rng: np.random.Generator) -> list[np.ndarray]:
         """A shuffled partition of the target training pairs into batches."""
@@ -67,24 +69,29 @@ class CMLSampler:
                 u, pos = repeated[has], pos[has]
             neg = index.sample_negative(u, rng)
             triples.append(Triples(self._tensor(u), self._tensor(pos), self._tensor(neg)))
-        return Batch(triples, self._ssl_users(user, rng), len(rows), self._held_out(triples))
+        return Batch(triples, self._ssl_users(user, rng), len(rows),
+                     self._held_out(triples, list(range(len(triples)))))
 
-    def _held_out(self, triples: list[Triples]) -> tuple[Tensor, Tensor] | None:
-        """With ``hold_out=True``: every positive pair of the batch, in every behavior that has
-        it, as block coordinates, so the model must score a positive without seeing its edge
-        (as at test time, where the held-out item is in none of the user's behaviors)."""
+    def _held_out(self, triples: list[Triples], sources: list[int]) -> tuple[Tensor, Tensor] | None:
+        """With ``hold_out=True``: the batch's positive pairs as block coordinates of the edges
+        to leave out, so the model scores a positive without seeing its own edge, as it must
+        at test time. Triple k's positives (drawn from behavior ``sources[k]``) leave that
+        behavior; they leave every other behavior that has them too when the dataset's test
+        items never occur in their users' auxiliary behaviors (as in the CML files), and stay
+        there when they do (as in the MB-CGCN files, where the test item was often viewed)."""
         if not self.cfg.hold_out:
             return None
-        user = torch.cat([t.user for t in triples]).cpu().numpy()
-        item = torch.cat([t.pos for t in triples]).cpu().numpy()
-        keys = np.unique(user * self.n_items + item)
-        user, item = keys // self.n_items, keys % self.n_items
-        rows, cols = [], []
-        for k, index in enumerate(self.index):
-            has = index.contains(user, item)
-            rows.append(user[has] + k * self.n_users)
-            cols.append(item[has] + k * self.n_items)
-        return self._tensor(np.concatenate(rows)), self._tensor(np.concatenate(cols))
+        keys = []
+        for k, t in enumerate(triples):
+            user, item = t.user.cpu().numpy(), t.pos.cpu().numpy()
+            targets = range(len(self.index)) if self.hold_out_everywhere else [sources[k]]
+            for b in targets:
+                has = self.index[b].contains(user, item)
+                keys.append(user[has] * self.n_items + item[has] + b * self.n_users * self.n_items)
+        keys = np.unique(np.concatenate(keys))
+        block, rest = keys // (self.n_users * self.n_items), keys % (self.n_users * self.n_items)
+        return (self._tensor(rest // self.n_items + block * self.n_users),
+                self._tensor(rest % self.n_items + block * self.n_items))
 
     def meta_batch(self, pointer: int, rng: np.random.Generator) -> tuple[Batch, int]:
         """The next ``meta_batch`` meta users (cycling) with up to ``samp_num`` pairs each, per
@@ -100,7 +107,9 @@ class CMLSampler:
             triples.append(Triples(self._tensor(u), self._tensor(pos), self._tensor(neg)))
         size = max(int(triples[-1].user.numel()), 1)
         ssl = self._ssl_users(users, rng, count=len(np.unique(users)))
-        return Batch(triples, ssl, size, self._held_out(triples)), int(
+        last = len(self.index) - 1
+        sources = [last] * len(triples) if self.cfg.meta_sampling == "reference" else list(range(len(triples)))
+        return Batch(triples, ssl, size, self._held_out(triples, sources)), int(
             (pointer + count) % len(self.meta_users))
 
 
