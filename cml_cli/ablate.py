@@ -26,7 +26,6 @@ import re
 import subprocess
 import sys
 import time
-import tomllib
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -34,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cml_cli.config import PRESETS, RunConfig, apply_overrides
+from cml_cli.config import PRESETS, RunConfig, apply_overrides, read_toml
 from cml_cli.errors import InputError
 
 BASELINES = ("popularity", "itemknn-merged", "bpr-mf", "lightgcn-target", "lightgcn-merged")
@@ -99,12 +98,7 @@ def load_variants_file(path: Path) -> dict[str, Variant]:
     keys), with an optional ``description`` string. Quote names with ``/``:
     ``[variants."w/o-dropout"]``."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"--variants-file {path}: no such file")
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"--variants-file {path}: invalid TOML ({e})") from None
+    data = read_toml(path, "variants file")
     table = data.get("variants")
     if not isinstance(table, dict) or not table:
         raise InputError(f"--variants-file {path}: expected tables [variants.NAME] of overrides")

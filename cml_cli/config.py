@@ -183,14 +183,20 @@ def parse_set(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def load_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path, what: str = "config file") -> dict[str, Any]:
+    """A TOML file's tables, or one clear error naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: no such config file")
+        raise InputError(f"{path}: no such file ({what})")
     try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as e:
         raise InputError(f"{path}: invalid TOML ({e})") from None
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Run options from a TOML file: its ``[train]`` table, or its top level."""
+    data = read_toml(path)
     return data.get("train", data)
 
 

@@ -17,3 +17,7 @@ class RunError(CMLError):
     """A failure while running, such as a diverging loss (exit code 1)."""
 
     exit_code = 1
+
+
+class NonFiniteLoss(RunError):
+    """The loss became NaN or infinite."""

@@ -16,6 +16,8 @@ batch of ``B`` target pairs with one uniform negative each (an item the user nev
 
 from __future__ import annotations
 
+import abc
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -26,9 +28,8 @@ from torch_geometric.nn.models import LightGCN
 from cml_cli.config import RunConfig
 from cml_cli.data.dataset import MultiBehaviorDataset
 from cml_cli.data.sampling import BehaviorIndex
-from cml_cli.errors import InputError
+from cml_cli.errors import InputError, NonFiniteLoss
 from cml_cli.evaluate import EmbeddingScorer
-from cml_cli.train.meta import NonFiniteLoss
 
 BASELINES = ("popularity", "itemknn-merged", "bpr-mf", "lightgcn-target", "lightgcn-merged")
 BLOCK = 1 << 22  # entries of a dense score block in item-kNN scoring (16 MiB of float32)
@@ -226,7 +227,7 @@ class BPRSampler:
         return user, self.item[rows], self.index.sample_negative(user, rng)
 
 
-class _BPRTrainer:
+class _BPRTrainer(abc.ABC):
     """Shared BPR training: Adam on ``self.model``, batches of target pairs."""
 
     trainable = True
@@ -238,10 +239,10 @@ class _BPRTrainer:
         self.sampler = BPRSampler(ds, cfg.batch)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
 
+    @abc.abstractmethod
     def embeddings(self) -> tuple[Tensor, Tensor, Tensor]:
         """User embeddings ``[|U|, d]``, item embeddings ``[|I|, d]`` used for scoring, and the
         ego (layer-0) table ``[|U| + |I|, d]`` that the regulariser sees."""
-        raise NotImplementedError
 
     def batches(self, rng: np.random.Generator) -> list[np.ndarray]:
         return self.sampler.epoch(rng)
@@ -270,8 +271,8 @@ class _BPRTrainer:
         self.opt.step()
         return parts
 
-    def end_epoch(self) -> None:
-        pass
+    def end_epoch(self) -> None:  # noqa: B027 - plain Adam, no schedule to step
+        """Nothing to do: plain Adam, no schedule."""
 
     def scorer(self) -> EmbeddingScorer:
         self.model.eval()

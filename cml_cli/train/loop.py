@@ -22,10 +22,10 @@ from cml_cli.data.store import (
     resolve_dataset_dir,
     write_json_atomic,
 )
-from cml_cli.errors import InputError, RunError
+from cml_cli.errors import InputError, NonFiniteLoss, RunError
 from cml_cli.evaluate import evaluate_sampled
 from cml_cli.train.checkpoint import load_checkpoint, save_checkpoint
-from cml_cli.train.meta import CMLTrainer, NonFiniteLoss
+from cml_cli.train.meta import CMLTrainer
 from cml_cli.train.progress import NullProgress, Progress
 from cml_cli.train.rundir import RunDir
 

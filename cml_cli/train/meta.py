@@ -11,16 +11,12 @@ from torch.optim.lr_scheduler import CyclicLR
 from cml_cli.config import RunConfig
 from cml_cli.data.dataset import MultiBehaviorDataset
 from cml_cli.data.sampling import BehaviorIndex
-from cml_cli.errors import RunError
+from cml_cli.errors import NonFiniteLoss
 from cml_cli.evaluate import EmbeddingScorer
 from cml_cli.model.cml import CML, Batch, Triples
 from cml_cli.model.encoder import BehaviorGraph
 
 ADAM_EPS = 1e-8
-
-
-class NonFiniteLoss(RunError):
-    """The loss became NaN or infinite."""
 
 
 def cyclic(optimizer: torch.optim.Optimizer, base: float, peak: float, up: int, down: int) -> CyclicLR:
@@ -214,7 +210,7 @@ class CMLTrainer:
     @staticmethod
     def _check(loss: Tensor, where: str) -> None:
         if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"loss is {float(loss)} in the {where}")
+            raise NonFiniteLoss(f"loss is {float(loss.detach())} in the {where}")
 
     def scorer(self) -> EmbeddingScorer:
         self.model.eval()
