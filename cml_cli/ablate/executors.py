@@ -1,0 +1,213 @@
+"""Running the runs of an ablation grid: one run (:func:`run_one`, also the entry point of
+the ``python -m cml_cli.ablate`` worker processes), the local executor (in this process or a
+pool of subprocesses) and the Ray executor."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from cml_cli.config import RunConfig
+from cml_cli.errors import InputError
+
+EXECUTORS = ("local", "ray")
+
+
+# --------------------------------------------------------------------------- running one
+
+
+class LogProgress:
+    """Training progress as one line per epoch in a log file."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.total = 0
+
+    def start(self, epochs: int, done: int) -> None:
+        self.total = epochs
+        self.stream.write(f"training epochs {done + 1}..{epochs}\n")
+        self.stream.flush()
+
+    def start_epoch(self, epoch: int, batches: int) -> None: ...
+
+    def advance(self, loss: float) -> None: ...
+
+    def end_epoch(self, row: dict) -> None:
+        valid = row.get("valid") or {}
+        extra = "  ".join(f"valid {k} {valid[k]:.4f}" for k in ("hr@10", "ndcg@10") if k in valid)
+        self.stream.write(f"epoch {row['epoch']}/{self.total}  loss {row.get('loss', 0.0):.4f}  {extra}  "
+                          f"{row.get('seconds', 0.0):.1f} s\n")
+        self.stream.flush()
+
+    def stop(self) -> None: ...
+
+
+def run_one(spec: dict[str, Any]) -> dict[str, Any]:
+    """Create, resume or extend one run as ``spec`` says; never raises for a failing run.
+    Returns ``{"ok", "error", "seconds"}``; the run's progress and any traceback go to its log."""
+    started = time.perf_counter()
+    log_path = Path(spec["log"])
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as log, contextlib.redirect_stderr(log):
+        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {spec['state']} {spec['dir']} "
+                  f"(pid {os.getpid()}, {spec['threads']} torch threads)\n")
+        log.flush()
+        threads = None
+        try:
+            import torch
+
+            from cml_cli.train.loop import resume, train
+
+            threads = torch.get_num_threads()
+            torch.set_num_threads(int(spec["threads"]))
+            progress = LogProgress(log)
+            run = Path(spec["grid_dir"]) / spec["dir"]
+            data_dir = Path(spec["data_dir"])
+            if spec["state"] == "new":
+                cfg = RunConfig.from_dict(spec["config"]).validate()
+                result = train(spec["dataset"], cfg, data_dir=data_dir, runs_dir=Path(spec["grid_dir"]),
+                               name=spec["dir"], force=True, progress=progress)
+            else:
+                epochs = spec["config"]["epochs"] if spec["state"] == "extend" else None
+                result = resume(run, data_dir=data_dir, progress=progress, epochs=epochs)
+            seconds = time.perf_counter() - started
+            test = result.get("test", {})
+            log.write(f"finished in {seconds:.1f} s: test " +
+                      " ".join(f"{k} {v:.4f}" for k, v in test.items()) + "\n")
+            return {"ok": True, "error": None, "seconds": seconds}
+        except Exception as e:
+            traceback.print_exc(file=log)
+            message = str(e).splitlines()[0] if str(e) else ""
+            error = f"{type(e).__name__}: {message}"
+            log.write(f"FAILED: {error}\n")
+            return {"ok": False, "error": error, "seconds": time.perf_counter() - started}
+        finally:
+            if threads is not None:
+                import torch
+
+                torch.set_num_threads(threads)
+
+
+def _worker_main(argv: list[str]) -> int:
+    """``python -m cml_cli.ablate SPEC_JSON``: one run in its own process (exit 1 if it failed)."""
+    spec = json.loads(argv[0])
+    outcome = run_one(spec)
+    return 0 if outcome["ok"] else 1
+
+
+# --------------------------------------------------------------------------- executors
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no log"
+    for ln in reversed(lines):
+        if ln.startswith("FAILED: "):
+            return ln[len("FAILED: "):]
+    return lines[-1] if lines else "exited without output"
+
+
+def _run_local(specs: list[dict], jobs: int, notify: Callable[[dict, dict], None]) -> None:
+    if jobs == 1:
+        for spec in specs:
+            notify(spec, {"event": "start"})
+            notify(spec, run_one(spec))
+        return
+    procs: dict[str, subprocess.Popen] = {}
+
+    def one(spec: dict) -> dict:
+        started = time.perf_counter()
+        env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"]),
+               "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore")}
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        log = Path(spec["log"])
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as f:
+            proc = subprocess.Popen([sys.executable, "-m", "cml_cli.ablate", json.dumps(spec)], stdout=f,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+            procs[spec["dir"]] = proc
+            rc = proc.wait()
+        seconds = time.perf_counter() - started
+        if rc == 0:
+            return {"ok": True, "error": None, "seconds": seconds}
+        return {"ok": False, "error": _last_line(log) if rc == 1 else f"worker exited with status {rc}",
+                "seconds": seconds}
+
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
+        futures = {}
+        for spec in specs:
+            futures[pool.submit(one, spec)] = spec
+        for spec in specs:
+            notify(spec, {"event": "queued"})
+        for fut in as_completed(futures):
+            notify(futures[fut], fut.result())
+    except BaseException:
+        for fut in futures:
+            fut.cancel()
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _ray_task(spec: dict) -> dict:
+    return run_one(spec)
+
+
+def _run_ray(specs: list[dict], jobs: int, address: str | None, notify: Callable[[dict, dict], None]) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise InputError("--executor ray needs Ray: pip install 'cml-cli[ray]'") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "ignore_reinit_error": True,
+                                   "configure_logging": False}
+        if address:
+            ray.init(address=address, **options)
+        else:
+            ray.init(num_cpus=jobs, **options)
+    try:
+        remote = ray.remote(num_cpus=1, max_retries=0)(_ray_task)
+        pending = {}
+        for spec in specs:
+            pending[remote.remote(spec)] = spec
+            notify(spec, {"event": "queued"})
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            spec = pending.pop(done[0])
+            try:
+                outcome = ray.get(done[0])
+            except Exception as e:  # a worker that died, a task that could not run
+                outcome = {"ok": False, "error": f"ray: {type(e).__name__}: {str(e).splitlines()[0]}",
+                           "seconds": 0.0}
+                with open(spec["log"], "a") as f:
+                    f.write(f"FAILED: {outcome['error']}\n")
+            notify(spec, outcome)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+

@@ -1,0 +1,128 @@
+"""The variant registry of ``cml ablate``: built-in variants (the CML ablations and the
+baselines with their settings), variants from TOML files, and choosing the variants to run."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cml_cli.config import RunConfig, apply_overrides, read_toml
+from cml_cli.errors import InputError
+
+BASELINES = ("popularity", "itemknn-merged", "bpr-mf", "lightgcn-target", "lightgcn-merged")
+REFERENCE = "cml"
+# Trained baselines use plain Adam at one learning rate of their own rather than the CML
+# preset's small cyclic one, which leaves them under-trained within the epoch budget.
+BASELINE_SETTINGS = {b: {"lr": 5e-3} for b in ("bpr-mf", "lightgcn-target", "lightgcn-merged")}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named set of config overrides; ``kind`` is cml | ablation | baseline | custom."""
+
+    name: str
+    overrides: dict[str, Any]
+    kind: str = "custom"
+    description: str = ""
+
+
+_CORE = (
+    Variant(REFERENCE, {}, "cml", "full CML"),
+    Variant("w/o-clf", {"contrastive": False}, "ablation", "no contrastive loss"),
+    Variant("w/o-mce", {"meta": False}, "ablation", "no meta weighting: all weights 1, no meta steps"),
+    Variant("first-order", {"meta_grad": "first-order"}, "ablation", "first-order meta-gradient"),
+    Variant("second-order", {"meta_grad": "second-order"}, "ablation", "second-order meta-gradient"),
+    Variant("adj-none", {"adj": "none"}, "ablation", "unnormalised adjacency"),
+    Variant("adj-symmetric", {"adj": "symmetric"}, "ablation", "symmetrically normalised adjacency"),
+    Variant("no-hold-out", {"hold_out": False}, "ablation",
+            "batch positives stay in the propagated graph (the paper's training)"),
+)
+_BASELINE_TEXT = {
+    "popularity": "most-interacted items first (all behaviors)",
+    "itemknn-merged": "cosine item-item co-occurrence over all behaviors",
+    "bpr-mf": "BPR matrix factorisation on the target behavior",
+    "lightgcn-target": "LightGCN on the target behavior",
+    "lightgcn-merged": "LightGCN on all behaviors merged into one graph",
+}
+
+
+def builtin_variants(behaviors: list[str] | None = None) -> dict[str, Variant]:
+    """The registered variants for a dataset whose behaviors are ``behaviors`` (target last):
+    the CML ablations, one ``w/o-<behavior>`` per auxiliary behavior, ``target-only`` (when
+    there are auxiliary behaviors) and the baselines, in table order."""
+    out = {v.name: v for v in _CORE}
+    auxiliary = list(behaviors[:-1]) if behaviors else []
+    for b in auxiliary:
+        out[f"w/o-{b}"] = Variant(f"w/o-{b}", {"behaviors": [a for a in auxiliary if a != b]}, "ablation",
+                                  f"without the {b} behavior")
+    if auxiliary:
+        out["target-only"] = Variant("target-only", {"behaviors": []}, "ablation",
+                                     f"{behaviors[-1]} only, no auxiliary behavior")
+    for b in BASELINES:
+        out[b] = Variant(b, {"model": b, **BASELINE_SETTINGS.get(b, {})}, "baseline", _BASELINE_TEXT[b])
+    return out
+
+
+def load_variants_file(path: Path) -> dict[str, Variant]:
+    """Variants from a TOML file: tables ``[variants.NAME]`` of config overrides (``--set``
+    keys), with an optional ``description`` string. Quote names with ``/``:
+    ``[variants."w/o-dropout"]``."""
+    path = Path(path)
+    data = read_toml(path, "variants file")
+    table = data.get("variants")
+    if not isinstance(table, dict) or not table:
+        raise InputError(f"--variants-file {path}: expected tables [variants.NAME] of overrides")
+    out = {}
+    for name, spec in table.items():
+        if not isinstance(spec, dict):
+            raise InputError(f"--variants-file {path}: variants.{name} must be a table of overrides")
+        spec = dict(spec)
+        description = str(spec.pop("description", ""))
+        kind = "baseline" if spec.get("model", REFERENCE) != REFERENCE else "custom"
+        if "seed" in spec:
+            raise InputError(f"--variants-file {path}: variants.{name}: 'seed' is set by --seeds")
+        try:
+            apply_overrides(RunConfig(), spec)
+        except InputError as e:
+            raise InputError(f"--variants-file {path}: variants.{name}: {e}") from None
+        out[name] = Variant(name, spec, kind, description or "from " + path.name)
+    return out
+
+
+def registry(behaviors: list[str] | None = None, variants_file: Path | None = None) -> dict[str, Variant]:
+    """Built-in variants for ``behaviors`` plus (replacing same-named ones) a variants file's."""
+    out = builtin_variants(behaviors)
+    if variants_file is not None:
+        out.update(load_variants_file(variants_file))
+    return out
+
+
+def baselines_available() -> bool:
+    return importlib.util.find_spec("cml_cli.model.baselines") is not None
+
+
+def select_variants(reg: dict[str, Variant], names: list[str] | None) -> tuple[list[Variant], list[str]]:
+    """The variants to run, in registry order for the default; returns (variants, skipped names).
+    ``names`` may use the groups ``all``, ``ablations`` and ``baselines``."""
+    skipped: list[str] = []
+    if not names:
+        chosen = list(reg.values())
+        if not baselines_available():
+            skipped = [v.name for v in chosen if v.kind == "baseline" and v.overrides.get("model") in BASELINES]
+            chosen = [v for v in chosen if v.name not in skipped]
+        return chosen, skipped
+    out: list[Variant] = []
+    for name in names:
+        if name == "all":
+            group = list(reg.values())
+        elif name in ("ablations", "baselines"):
+            group = [v for v in reg.values() if v.kind == name[:-1]]
+        elif name in reg:
+            group = [reg[name]]
+        else:
+            raise InputError(f"--variants: unknown variant '{name}' (known: {', '.join(reg)}; "
+                             "add your own with --variants-file)")
+        out += [v for v in group if v not in out]
+    return out, skipped
