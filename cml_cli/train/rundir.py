@@ -16,7 +16,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import torch
 
 from cml_cli import __version__
 from cml_cli.config import RunConfig, apply_overrides, config_to_toml, load_toml
-from cml_cli.data.store import check_writable_dir, write_json_atomic
+from cml_cli.data.store import check_writable_dir, write_json_atomic, write_text_atomic
 from cml_cli.errors import InputError
 
 
@@ -127,16 +126,7 @@ class RunDir:
         return removed
 
     def write_config(self, cfg: RunConfig) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".config.toml.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(config_to_toml(cfg))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.config)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text_atomic(self.config, config_to_toml(cfg))
 
     def read_config(self) -> RunConfig:
         if not self.config.is_file():
@@ -178,17 +168,7 @@ class RunDir:
 
     def write_log(self, history: list[dict]) -> None:
         """Rewrite ``metrics.jsonl`` from the checkpointed history (atomically)."""
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".metrics.jsonl.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                for row in history:
-                    f.write(json.dumps(row) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.log)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text_atomic(self.log, "".join(json.dumps(row) + "\n" for row in history))
 
     def append_log(self, row: dict) -> None:
         with open(self.log, "a") as f:
