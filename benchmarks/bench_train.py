@@ -63,8 +63,8 @@ def measure(dataset: str, data_dir: Path, epochs: int, overrides: list[str]) -> 
     from cml_cli.config import resolve_config
     from cml_cli.data.store import load_dataset, read_manifest
     from cml_cli.evaluate import evaluate_sampled
+    from cml_cli.train.cml_trainer import CMLTrainer
     from cml_cli.train.loop import train
-    from cml_cli.train.meta import CMLTrainer
 
     preset = read_manifest(data_dir / dataset).get("preset", "default")
     cfg = resolve_config(preset, overrides=dict(o.split("=", 1) for o in overrides) | {"epochs": epochs})

@@ -1,7 +1,9 @@
 """The ``cml`` command: a thin Typer layer over the Python API.
 
 Contract: ``--json`` prints exactly one JSON object on stdout; tables and progress go to
-stderr. Exit codes: 0 success, 1 failure while running, 2 bad input or usage.
+stderr. Exit codes: 0 success, 1 failure while running, 2 bad input or usage (one line on
+stderr naming the file or option). Help text is plain (``rich_markup_mode=None``), so
+nothing in square brackets is ever read as markup.
 """
 
 from __future__ import annotations
@@ -16,13 +18,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cml_cli.errors import CMLError
+from cml_cli.errors import CMLError, InputError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Contrastive meta learning for multi-behavior recommendation.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Contrastive meta learning for multi-behavior recommendation.")
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
-DataDir = typer.Option(None, "--data-dir", envvar="CML_DATA_DIR", help="Processed datasets live here [default: ./data].")
+DataDir = typer.Option(None, "--data-dir", envvar="CML_DATA_DIR",
+                       help="Processed datasets live here [default: $CML_DATA_DIR or ./data].")
+RunsDir = typer.Option(Path("runs"), "--runs-dir", help="Run directories live here.")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout and nothing else there.")
+SetOpt = typer.Option([], "--set", help="Override an option: key=value (repeatable; keys: cml_cli.config.RunConfig).")
 
 
 def _data_dir(path: Optional[Path]) -> Path:
@@ -33,20 +39,38 @@ def _print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2) + "\n")
 
 
-def _split_list(value: Optional[str]) -> Optional[list[str]]:
+def _note(text: str) -> None:
+    err.print(f"note: {escape(text)}", highlight=False)
+
+
+def _split_list(value: Optional[str], option: str) -> Optional[list[str]]:
+    """``"a, b"`` -> ``["a", "b"]``; ``None`` stays ``None``; a list with no item is an error."""
     if value is None:
         return None
-    return [v.strip() for v in value.split(",") if v.strip()]
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise InputError(f"{option}: '{value}' names nothing (expected a comma-separated list)")
+    return items
+
+
+def _cutoffs(text: str) -> list[int]:
+    try:
+        ks = [int(k) for k in _split_list(text, "--ks")]
+    except ValueError:
+        raise InputError(f"--ks: expected comma-separated positive integers, got '{text}'") from None
+    if any(k <= 0 for k in ks):
+        raise InputError(f"--ks: cut-offs must be positive, got '{text}'")
+    return ks
 
 
 def _dataset_table(rows: list[dict], title: str) -> Table:
-    table = Table(title=title)
+    table = Table(title=escape(title))
     for col in ("dataset", "users", "items", "behaviors (train interactions)", "test", "valid", "source"):
         table.add_column(col, overflow="fold")
     for r in rows:
         counts = " · ".join(f"{b} {r['train_interactions'][b]:,}" for b in r["behaviors"])
-        table.add_row(r["name"], f"{r['n_users']:,}", f"{r['n_items']:,}", counts,
-                      f"{r['n_test_users']:,}", f"{r['n_valid_users']:,}", r.get("source", ""))
+        table.add_row(escape(r["name"]), f"{r['n_users']:,}", f"{r['n_items']:,}", escape(counts),
+                      f"{r['n_test_users']:,}", f"{r['n_valid_users']:,}", escape(r.get("source", "")))
     return table
 
 
@@ -71,15 +95,17 @@ def preprocess(
 ) -> None:
     """Turn published files, an event log or the synthetic generator into a processed dataset."""
     from cml_cli.data.preprocess import preprocess as run
-    from cml_cli.data.store import check_writable_dir
+    from cml_cli.data.store import check_name, check_writable_dir
 
+    check_name(name if name is not None else dataset, "--name" if name is not None else "--dataset")
     check_writable_dir(_data_dir(data_dir), "--data-dir", parent_must_exist=True)  # before any work
     events_options = {k: v for k, v in {
         "preset": events_preset, "user_col": user_col, "item_col": item_col,
         "behavior_col": behavior_col, "time_col": time_col, "kcore": kcore or None,
     }.items() if v is not None}
     path, ds = run(dataset, source, fmt=fmt, name=name, data_dir=_data_dir(data_dir), seed=seed,
-                   valid=not no_valid, behaviors=_split_list(behaviors), size=size, events_options=events_options)
+                   valid=not no_valid, behaviors=_split_list(behaviors, "--behaviors"), size=size,
+                   events_options=events_options)
     stats = {**ds.stats(), "path": str(path)}
     if as_json:
         _print_json(stats)
@@ -99,64 +125,76 @@ def datasets(data_dir: Optional[Path] = DataDir, as_json: bool = JsonOpt) -> Non
         err.print(_dataset_table(rows, f"processed datasets in {_data_dir(data_dir)}"))
 
 
+def _metric_rows(metrics: dict) -> dict[str, float]:
+    """Sampled metrics as they are, full-ranking ones (``metrics["full"]``) prefixed ``full ``."""
+    flat = {k.upper(): v for k, v in metrics.items() if not isinstance(v, dict)}
+    flat.update({f"full {k.upper()}": v for k, v in (metrics.get("full") or {}).items()})
+    return flat
+
+
 def _metrics_table(result: dict, title: str) -> Table:
-    table = Table(title=title)
+    table = Table(title=escape(title))
     table.add_column("split")
-    splits = [s for s in ("valid", "test") if result.get(s)]
-    names = list(result[splits[0]]) if splits else []
-    for name in names:
-        table.add_column(name.upper().replace("@", "@"), justify="right")
-    for split in splits:
-        table.add_row(split, *[f"{result[split][n]:.4f}" for n in names])
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for split in ("valid", "test"):
+        for name, value in _metric_rows(result.get(split) or {}).items():
+            table.add_row(split, name, f"{value:.2f}" if "ARP@" in name else f"{value:.4f}")
     return table
+
+
+TRAIN_ONLY = ("--dataset", "--preset", "--config", "--set", "--patience", "--seed", "--device", "--protocol",
+              "--name", "--force")
 
 
 @app.command("train")
 def train_cmd(
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Processed dataset name (or path)."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="tmall | ijcai | retailrocket | default [default: the dataset's]."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="tmall | ijcai | retailrocket | default, or NAME-paper "
+                                         "for the paper's values [default: the dataset's]."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file of options (a [train] table or top level)."),
-    set_: list[str] = typer.Option([], "--set", help="Override an option: key=value (repeatable)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Maximum epochs."),
+    set_: list[str] = SetOpt,
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Maximum epochs (with --resume: extend the run)."),
     patience: Optional[int] = typer.Option(None, "--patience", help="Stop after this many epochs without improvement."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (same seed, same metrics on CPU)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
     protocol: Optional[str] = typer.Option(None, "--protocol", help="strict (select on validation) | paper (best on test)."),
-    name: Optional[str] = typer.Option(None, "--name", help="Run directory name [default: dataset-model-seed-time]."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run directory name, one path component "
+                                       "[default: dataset-model-seed-time]."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the interrupted run in this directory."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing run directory of the same name."),
-    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Run directories live here."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing run directory of the same name (only a run "
+                               "directory: one with a run manifest)."),
+    runs_dir: Path = RunsDir,
     data_dir: Optional[Path] = DataDir,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Train CML (or a baseline) with a preset, checkpoints and progress."""
-    from cml_cli.config import parse_set, resolve_config
-    from cml_cli.data.preprocess import dataset_preset
-    from cml_cli.data.store import read_manifest, resolve_dataset_dir
-    from cml_cli.errors import InputError
+    from cml_cli.config import dataset_preset_name, parse_set, resolve_config
+    from cml_cli.data.store import check_writable_dir, read_manifest, resolve_dataset_dir
     from cml_cli.train.loop import resume as resume_run
     from cml_cli.train.loop import train
     from cml_cli.train.progress import NullProgress, RichProgress
 
     progress = NullProgress() if quiet or as_json else RichProgress(err)
     if resume is not None:
+        given = [opt for opt, value in zip(TRAIN_ONLY, (dataset, preset, config, set_ or None, patience, seed, device,
+                                                        protocol, name, force or None)) if value is not None]
+        if given:
+            raise InputError(f"--resume: cannot be combined with {', '.join(given)} (a run continues with its own "
+                             "configuration; --epochs extends it)")
         result = resume_run(resume, data_dir=data_dir, progress=progress, epochs=epochs)
     else:
         if dataset is None:
             raise InputError("--dataset is required (or --resume RUN_DIR)")
-        from cml_cli.data.store import check_writable_dir
-
         check_writable_dir(runs_dir, "--runs-dir", parent_must_exist=True)  # before any work
         manifest = read_manifest(resolve_dataset_dir(dataset, data_dir))
-        family = dataset_preset(manifest["name"])
-        chosen = preset or manifest.get("preset") or (family.train_preset if family else "default")
         overrides = parse_set(set_)
         for key, value in (("epochs", epochs), ("patience", patience), ("seed", seed), ("device", device),
                            ("protocol", protocol)):
             if value is not None:
                 overrides[key] = value
-        cfg = resolve_config(chosen, config, overrides)
+        cfg = resolve_config(preset or dataset_preset_name(manifest), config, overrides)
         result = train(dataset, cfg, data_dir=data_dir, runs_dir=runs_dir, name=name, force=force,
                        progress=progress)
     if as_json:
@@ -171,83 +209,94 @@ def evaluate(
     run_dir: Path = typer.Argument(..., help="A run directory."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best | last."),
     split: str = typer.Option("test", "--split", help="test | valid."),
-    protocol: str = typer.Option("sampled", "--protocol", help="sampled (1+99) | full (all items)."),
+    ranking: str = typer.Option("sampled", "--ranking", help="sampled (1 held-out item + 99 negatives) | full (all "
+                                "items; adds coverage, personalization, ARP)."),
     ks: str = typer.Option("1,3,5,10,20", "--ks", help="Comma-separated cut-offs."),
-    fmt: str = typer.Option("table", "--format", help="table | json | csv."),
+    output: str = typer.Option("table", "--output", "-o", help="table | json | csv."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (same as --output json)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda [default: the run's]."),
-    data_dir: Optional[Path] = DataDir,
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", envvar="CML_DATA_DIR",
+                                            help="Look for the run's dataset here [default: where the run found it]."),
+    old_protocol: Optional[str] = typer.Option(None, "--protocol", hidden=True),
+    old_format: Optional[str] = typer.Option(None, "--format", hidden=True),
 ) -> None:
-    """HR@N / NDCG@N with the paper's sampled protocol, or full ranking (Recall/NDCG/HR)."""
-    from cml_cli.errors import InputError
-    from cml_cli.train.evaluation import evaluate_run
+    """HR@N / NDCG@N with the paper's sampled protocol, or full ranking (Recall/NDCG/HR and
+    coverage, personalization, ARP)."""
+    from cml_cli.train.evaluate_run import PROTOCOLS, evaluate_run
 
-    if fmt not in ("table", "json", "csv"):
-        raise InputError(f"--format: '{fmt}' is not one of table, json, csv")
-    try:
-        cutoffs = [int(k) for k in _split_list(ks) or []]
-    except ValueError:
-        raise InputError(f"--ks: expected comma-separated integers, got '{ks}'") from None
-    result = evaluate_run(run_dir, checkpoint=checkpoint, split=split, protocol=protocol, ks=cutoffs,
+    if old_protocol is not None:
+        _note("`cml evaluate --protocol` is deprecated (train's --protocol is strict|paper): use --ranking")
+        ranking = old_protocol
+    if old_format is not None:
+        _note("`cml evaluate --format` is deprecated (preprocess's --format is the input format): use --output or "
+              "--json")
+        output = old_format
+    if ranking not in PROTOCOLS:
+        raise InputError(f"--ranking: '{ranking}' is not one of {', '.join(PROTOCOLS)}")
+    if output not in ("table", "json", "csv"):
+        raise InputError(f"--output: '{output}' is not one of table, json, csv")
+    output = "json" if as_json else output
+    result = evaluate_run(run_dir, checkpoint=checkpoint, split=split, protocol=ranking, ks=_cutoffs(ks),
                           data_dir=data_dir, device=device)
-    if fmt == "json":
+    if output == "json":
         _print_json(result)
-    elif fmt == "csv":
-        metrics = result[split]
-        sys.stdout.write("split,protocol," + ",".join(metrics) + "\n")
-        sys.stdout.write(f"{split},{protocol}," + ",".join(f"{v:.6f}" for v in metrics.values()) + "\n")
+    elif output == "csv":
+        metrics = _metric_rows(result[split])
+        sys.stdout.write("split,ranking," + ",".join(m.lower().replace(" ", ":") for m in metrics) + "\n")
+        sys.stdout.write(f"{split},{ranking}," + ",".join(f"{v:.6f}" for v in metrics.values()) + "\n")
     else:
-        err.print(_metrics_table(result, f"{run_dir} ({checkpoint} checkpoint, {protocol} ranking)"))
+        err.print(_metrics_table(result, f"{run_dir} ({checkpoint} checkpoint, {ranking} ranking)"))
 
 
 @app.command()
 def ablate(
     dataset: str = typer.Option(..., "--dataset", "-d", help="Processed dataset name (or path)."),
-    variants: Optional[str] = typer.Option(None, "--variants", help="Comma-separated variants (or the groups all, "
-                                           "ablations, baselines) \\[default: every variant and baseline that "
-                                           "applies]."),
+    variants: Optional[str] = typer.Option(None, "--variants", help="Comma-separated variants, or the groups all, "
+                                           "ablations, baselines, peers [default: every variant that applies]."),
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds; each variant runs once per seed."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Runs side by side (each with cores/jobs torch threads)."),
     executor: str = typer.Option("local", "--executor", help="local | ray."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address \\[default: start a "
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address [default: start a "
                                               "local one]."),
-    name: Optional[str] = typer.Option(None, "--name", help="Grid directory under --runs-dir "
-                                       "\\[default: ablate-DATASET]."),
+    name: Optional[str] = typer.Option(None, "--name", help="Grid directory under --runs-dir [default: ablate-DATASET]."),
     set_: list[str] = typer.Option([], "--set", help="Override an option of every run: key=value (repeatable)."),
-    variants_file: Optional[Path] = typer.Option(None, "--variants-file", help="TOML file of \\[variants.NAME] tables "
+    config: list[str] = typer.Option([], "--config", help="TOML file of options for every run, or VARIANT=FILE for one "
+                                     "variant (repeatable; e.g. a best.toml of `cml tune`)."),
+    variants_file: Optional[Path] = typer.Option(None, "--variants-file", help="TOML file of [variants.NAME] tables "
                                                  "of overrides."),
-    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Run directories live here."),
+    runs_dir: Path = RunsDir,
     data_dir: Optional[Path] = DataDir,
     as_json: bool = JsonOpt,
 ) -> None:
     """Run a grid of variants x seeds (reusing finished runs) and write the comparison table."""
-    from cml_cli.ablate import run_grid
+    from cml_cli.ablate import Execution, parse_seeds, run_grid
     from cml_cli.config import parse_set
     from cml_cli.errors import RunError
-    from cml_cli.report import rich_table
+    from cml_cli.report import grid_tables, rich_table
 
     def on_event(event: str, unit, info: dict) -> None:
+        label = escape(unit.label())
         if event == "reused":
-            err.print(f"reused {unit.label()} ({info['run']})", highlight=False)
+            err.print(f"reused {label} ({escape(info['run'])})", highlight=False)
         elif event == "start":
-            err.print(f"[{info['index'] + 1}/{info['total']}] {unit.label()}: training, log {info['log']}",
+            err.print(f"\\[{info['index'] + 1}/{info['total']}] {label}: training, log {escape(info['log'])}",
                       highlight=False)
         elif event == "done":
-            err.print(f"[{info['index']}/{info['total']}] {unit.label()}: done in {info['seconds']:.1f} s",
-                      highlight=False)
+            err.print(f"\\[{info['index']}/{info['total']}] {label}: done in {info['seconds']:.1f} s", highlight=False)
         elif event == "failed":
-            err.print(f"[{info['index']}/{info['total']}] {unit.label()}: [red]failed[/] ({info['error']}); "
-                      f"log {info['log']}", highlight=False)
+            err.print(f"\\[{info['index']}/{info['total']}] {label}: [red]failed[/] ({escape(info['error'])}); "
+                      f"log {escape(info['log'])}", highlight=False)
 
-    result = run_grid(dataset, _split_list(variants), seeds, parse_set(set_), jobs, executor, name, runs_dir,
-                      data_dir, variants_file=variants_file, ray_address=ray_address, on_event=on_event,
+    result = run_grid(dataset, _split_list(variants, "--variants"), parse_seeds(seeds), parse_set(set_), name=name,
+                      runs_dir=runs_dir, data_dir=data_dir, execution=Execution(jobs, executor, ray_address),
+                      variants_file=variants_file, configs=config, on_event=on_event,
                       command=" ".join(["cml", *sys.argv[1:]]))
-    if result["skipped"]:
-        err.print(f"skipped (cml_cli.model.baselines not available): {', '.join(result['skipped'])}")
+    table = grid_tables(Path(result["grid_dir"]), result["variants"], result["seeds"])
     if as_json:
-        _print_json(result["table"])
+        _print_json(table.to_dict())
     else:
-        err.print(rich_table(result["table"]))
-        err.print(f"tables in {result['grid_dir']}/table.{{csv,md,json}} ({result['executed']} runs trained, "
+        err.print(rich_table(table))
+        err.print(f"tables in {escape(result['grid_dir'])}/table.{{csv,md,json}} ({result['executed']} runs trained, "
                   f"{result['reused']} reused, {result['seconds']:.1f} s)", highlight=False)
     if result["failed"]:
         names = ", ".join(f"{Path(f['run']).name} (log {f['log']})" for f in result["failed"])
@@ -257,9 +306,9 @@ def ablate(
 @app.command()
 def report(
     runs: Path = typer.Argument(..., help="An ablation directory (runs/NAME written by `cml ablate`)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory \\[default: RUNS/report]."),
-    variants: Optional[str] = typer.Option(None, "--variants", help="Only these variants \\[default: all in RUNS]."),
-    seeds: Optional[str] = typer.Option(None, "--seeds", help="Only these seeds \\[default: all]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory [default: RUNS/report]."),
+    variants: Optional[str] = typer.Option(None, "--variants", help="Only these variants [default: all in RUNS]."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Only these seeds [default: all]."),
     tables_only: bool = typer.Option(False, "--tables-only", help="Rebuild the tables without drawing."),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -267,21 +316,37 @@ def report(
     from cml_cli.ablate import parse_seeds
     from cml_cli.report import build_report, rich_table
 
-    result = build_report(runs, out, plots=not tables_only, variants=_split_list(variants),
+    result = build_report(runs, out, plots=not tables_only, variants=_split_list(variants, "--variants"),
                           seeds=parse_seeds(seeds) if seeds is not None else None)
     if as_json:
-        _print_json({"out": result["out"], "files": result["files"], "table": result["table"]})
+        _print_json({"out": result["out"], "files": result["files"], "table": result["table"].to_dict()})
     else:
         err.print(rich_table(result["table"]))
-        err.print(f"report written to {result['out']}/report.md ({len(result['files'])} files)", highlight=False)
+        err.print(f"report written to {escape(result['out'])}/report.md ({len(result['files'])} files)",
+                  highlight=False)
+
+
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    """Typer's usage-error base class: ``typer.TyperException`` where Typer vendors Click
+    (0.16 and later), else Click's ``ClickException``."""
+    base = getattr(typer, "TyperException", None)
+    if base is not None:
+        return (base,)
+    import click
+
+    return (click.exceptions.ClickException,)
 
 
 def main() -> None:
     """Entry point: run the app, turning project errors into one line and an exit code."""
+    usage = _usage_errors()
     try:
         app(standalone_mode=False)
     except CMLError as e:
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, markup=True, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except usage as e:
+        e.show()
         sys.exit(e.exit_code)
     except typer.Abort:
         err.print("aborted")
@@ -289,10 +354,3 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
-    except Exception as e:
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise

@@ -4,65 +4,116 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cml_cli import registry
 from cml_cli.errors import InputError
-
-MODELS = ("cml", "popularity", "itemknn-merged", "bpr-mf", "lightgcn-target", "lightgcn-merged")
 
 
 @dataclass
 class RunConfig:
-    """Every option of a training run. Keys are what ``--set key=value`` accepts."""
+    """Every option of a training run. Keys are what ``--set key=value`` accepts; each
+    attribute's docstring says what it does (``cml train --help`` lists them)."""
 
     model: str = "cml"
+    """Model to train: ``cml`` or any name in :data:`cml_cli.registry.MODELS`."""
     epochs: int = 100
+    """Maximum number of epochs."""
     patience: int = 20
+    """Stop after this many epochs without a better validation NDCG@10 (0: never stop early)."""
     batch: int = 4096
+    """Target-behavior training pairs per mini-batch."""
     dim: int = 16
+    """Embedding size d."""
     layers: int = 3
+    """Propagation layers L."""
+    encoder: str = "cml"
+    """CML's encoder: ``cml`` (the paper's: per-layer weights and activation) or ``lightgcn``
+    (linear, symmetrically normalised layers, mean over layers; CML's objective unchanged)."""
     adj: str = "none"
+    """Adjacency normalisation of the ``cml`` encoder: ``none`` (plain sums, the paper's
+    equations), ``symmetric`` (D_U^-1/2 A D_I^-1/2) or ``mean`` (mean over the neighbours)."""
     act: str = "sigmoid"
+    """Activation of the ``cml`` encoder: ``sigmoid`` (the paper's) or ``tanh`` (zero-centred)."""
     ego: bool = False
+    """Feed the layer-0 embeddings into the ``cml`` encoder's projection."""
     hold_out: bool = False
+    """Leave each batch's positive pairs out of the graph the encoder propagates over."""
     lr: float = 1e-3
+    """Base learning rate of the encoder (cyclic schedule from ``lr`` to ``max_lr``; baselines: Adam's rate)."""
     max_lr: float = 5e-3
+    """Peak learning rate of the encoder's triangular cyclic schedule."""
     cycle_up: int = 5
+    """Epochs from ``lr`` up to ``max_lr``."""
     cycle_down: int = 10
+    """Epochs from ``max_lr`` back down to ``lr``."""
     wd: float = 1e-4
+    """AdamW weight decay of the encoder."""
     meta_lr: float = 1e-4
+    """Base learning rate of the meta weight network."""
     meta_max_lr: float = 2e-3
+    """Peak learning rate of the meta weight network."""
     meta_cycle_up: int = 3
+    """Epochs from ``meta_lr`` up to ``meta_max_lr``."""
     meta_cycle_down: int = 7
+    """Epochs from ``meta_max_lr`` back down to ``meta_lr``."""
     meta_wd: float = 1e-4
+    """Weight decay of the meta weight network."""
     meta_optimizer: str = "adamw"
+    """Optimizer of the meta weight network: ``adamw`` or ``sgd`` (Nesterov)."""
     meta_momentum: float = 0.95
+    """Momentum of the ``sgd`` meta optimizer."""
     reg: float = 1e-3
+    """L2 coefficient on the batch's embeddings."""
     beta: float = 0.005
+    """Weight of the contrastive (InfoNCE) loss."""
     ssl_ratio: float = 0.1
+    """Fraction of a batch's users in the contrastive loss."""
     meta_batch: int = 128
+    """Meta users per meta step."""
     samp_num: int = 10
+    """Target pairs per meta user in the meta step (the paper's sampNum)."""
     aux_samples: int = 1
+    """Auxiliary-behavior positives drawn per target example."""
     meta_dropout: float = 0.8
+    """Dropout rate of the meta weight network."""
     clip: float = 20.0
+    """Gradient-norm clipping."""
     meta: bool = True
+    """Meta contrastive encoding: the meta weight network and the three-step update (false: w/o MCE)."""
     meta_grad: str = "first-order"
+    """``first-order`` (the reference's shortcut) or ``second-order`` (the bilevel gradient)."""
     meta_sampling: str = "intended"
+    """``intended`` (behavior k's pairs for behavior k) or ``reference`` (the stale-loop quirk)."""
     virtual_lr: float = 0.0
+    """Step size of the second-order virtual step (0: the encoder's current learning rate)."""
     contrastive: bool = True
+    """The contrastive loss across behaviors (false: w/o CLF)."""
+    knn_k: int = 0
+    """item-kNN: neighbours kept per item (0: all)."""
+    knn_shrink: float = 0.0
+    """item-kNN: shrinkage added to the cosine's denominator."""
     behaviors: list[str] | None = None
+    """Auxiliary behaviors to keep (default all; the target is always kept)."""
     protocol: str = "strict"
+    """``strict`` (epoch chosen on validation, test once) or ``paper`` (best epoch on test)."""
     ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
+    """Cut-offs of the reported metrics (10 is always computed: it selects the epoch)."""
     eval_batch: int = 4096
+    """Users per evaluation batch."""
     seed: int = 0
+    """Random seed (same seed, same metrics on CPU)."""
     device: str = "auto"
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
 
     def validate(self) -> RunConfig:
         choices = {
-            "model": MODELS,
+            "model": registry.names(),
+            "encoder": ("cml", "lightgcn"),
             "adj": ("none", "symmetric", "mean"),
             "act": ("sigmoid", "tanh"),
             "meta_optimizer": ("adamw", "sgd"),
@@ -80,6 +131,10 @@ class RunConfig:
         for key in positive:
             if getattr(self, key) <= 0:
                 raise InputError(f"{key}: must be positive, got {getattr(self, key)}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InputError(f"{f.name}: must be a finite number, got {value}")
         for key in ("lr", "max_lr", "meta_lr", "meta_max_lr"):
             if getattr(self, key) <= 0:
                 raise InputError(f"{key}: must be positive, got {getattr(self, key)}")
@@ -87,6 +142,8 @@ class RunConfig:
             raise InputError(f"meta_dropout: must be in [0, 1), got {self.meta_dropout}")
         if not 0 < self.ssl_ratio <= 1:
             raise InputError(f"ssl_ratio: must be in (0, 1], got {self.ssl_ratio}")
+        if self.knn_k < 0 or self.knn_shrink < 0:
+            raise InputError(f"knn_k, knn_shrink: must be >= 0, got {self.knn_k}, {self.knn_shrink}")
         if self.patience < 0:
             raise InputError(f"patience: must be >= 0, got {self.patience}")
         if not self.ks or any(k <= 0 for k in self.ks):
@@ -130,29 +187,56 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def _coerce(key: str, raw: Any, annotation: str) -> Any:
-    if not isinstance(raw, str):
-        if "list" in annotation and isinstance(raw, (list, tuple)):
-            return [int(v) for v in raw] if key == "ks" else [str(v) for v in raw]
+    """``raw`` (command-line text, or a value from TOML / JSON) as the field's type; a
+    ``ValueError`` says what was expected."""
+    if isinstance(raw, str):
+        return _parse_text(key, raw.strip(), annotation)
+    if "list" in annotation:
+        if raw is None and key == "behaviors":
+            return None
+        if not isinstance(raw, (list, tuple)):
+            raise ValueError(f"expected a list, got {raw!r}")
+        return [_coerce(key, v, "int" if key == "ks" else "str") for v in raw]
+    if "bool" in annotation:
+        if not isinstance(raw, bool):
+            raise ValueError(f"expected true/false, got {raw!r}")
         return raw
-    text = raw.strip()
+    if "int" in annotation:
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not float(raw).is_integer():
+            raise ValueError(f"expected an integer, got {raw!r}")
+        return int(raw)
+    if "float" in annotation:
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+            raise ValueError(f"expected a number, got {raw!r}")
+        return float(raw)
+    raise ValueError(f"expected text, got {raw!r}")
+
+
+def _parse_text(key: str, text: str, annotation: str) -> Any:
     if "list" in annotation:
         if text.lower() in ("", "none", "all") and key == "behaviors":
             return None
         parts = [p.strip() for p in text.strip("[]").split(",") if p.strip()]
-        return [int(p) for p in parts] if key == "ks" else parts
+        return [_parse_text(key, p, "int") for p in parts] if key == "ks" else parts
     if "bool" in annotation:
         if text.lower() in ("1", "true", "yes", "on"):
             return True
         if text.lower() in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"expected true/false, got '{raw}'")
+        raise ValueError(f"expected true/false, got '{text}'")
     if "int" in annotation:
-        number = float(text)
+        try:
+            number = float(text)
+        except ValueError:
+            raise ValueError(f"expected an integer, got '{text}'") from None
         if not number.is_integer():
-            raise ValueError(f"expected an integer, got '{raw}'")
+            raise ValueError(f"expected an integer, got '{text}'")
         return int(number)
     if "float" in annotation:
-        return float(text)
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"expected a number, got '{text}'") from None
     return text
 
 
@@ -200,20 +284,40 @@ def load_toml(path: Path) -> dict[str, Any]:
     return data.get("train", data)
 
 
+def compose(preset: str, layers: list[dict[str, Any]]) -> RunConfig:
+    """The preset, then the model's own settings (:data:`cml_cli.registry.MODELS`; the model is
+    the one the last layer that names one gives, else the preset's), then ``layers`` in order.
+    Not validated: callers set what is left (the seed) and validate."""
+    if preset not in PRESETS:
+        raise InputError(f"--preset: unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
+    cfg = apply_overrides(RunConfig(), PRESETS[preset])
+    model = apply_overrides(cfg, {k: v for layer in layers for k, v in layer.items()}).model
+    if model in registry.MODELS:
+        cfg = apply_overrides(cfg, registry.entry(model).settings)
+    for layer in layers:
+        cfg = apply_overrides(cfg, layer)
+    return cfg
+
+
 def resolve_config(
     preset: str,
     config_file: Path | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> RunConfig:
-    """Preset, then a TOML file, then ``--set`` overrides, in that order."""
-    if preset not in PRESETS:
-        raise InputError(f"--preset: unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
-    cfg = apply_overrides(RunConfig(), PRESETS[preset])
-    if config_file is not None:
-        cfg = apply_overrides(cfg, load_toml(config_file))
-    if overrides:
-        cfg = apply_overrides(cfg, overrides)
-    return cfg.validate()
+    """The preset, the model's settings, then a TOML file, then ``--set`` overrides (see
+    :func:`compose`), validated."""
+    layers = [load_toml(config_file)] if config_file is not None else []
+    return compose(preset, [*layers, overrides or {}]).validate()
+
+
+def dataset_preset_name(manifest: dict[str, Any]) -> str:
+    """The training preset of a processed dataset: the one its manifest records, else its
+    family's (``tmall-mbcgcn`` -> ``tmall``), else ``default``."""
+    from cml_cli.data.preprocess import dataset_preset
+
+    family = dataset_preset(str(manifest.get("name", "")))
+    name = manifest.get("preset") or (family.train_preset if family else "default")
+    return name if name in PRESETS else "default"
 
 
 def config_to_toml(cfg: RunConfig) -> str:

@@ -7,15 +7,27 @@ from typing import Protocol
 import numpy as np
 import torch
 from torch import Tensor
-from torch_geometric.metrics import LinkPredHitRatio, LinkPredNDCG, LinkPredRecall
+from torch_geometric.metrics import (
+    LinkPredAveragePopularity,
+    LinkPredCoverage,
+    LinkPredHitRatio,
+    LinkPredMetricCollection,
+    LinkPredNDCG,
+    LinkPredPersonalization,
+    LinkPredRecall,
+)
 
 from cml_cli.data.dataset import MultiBehaviorDataset, Split
 
 
 class Scorer(Protocol):
-    """Anything that scores (user, item) pairs: ``users [B]``, ``items [B, C]`` -> ``[B, C]``."""
+    """Anything that scores (user, item) pairs: ``score(users [B], items [B, C]) -> [B, C]``
+    for the sampled protocol and ``score_all(users [B]) -> [B, |I|]`` (writable: full
+    ranking masks known items in place)."""
 
     def score(self, users: Tensor, items: Tensor) -> Tensor: ...
+
+    def score_all(self, users: Tensor) -> Tensor: ...
 
 
 class EmbeddingScorer:
@@ -83,16 +95,38 @@ def known_items(ds: MultiBehaviorDataset, split_name: str) -> tuple[np.ndarray, 
     return np.concatenate(users), np.concatenate(items)
 
 
-def evaluate_full(scorer, ds: MultiBehaviorDataset, split_name: str, ks: list[int], batch: int = 1024,
+PERSONALIZATION_USERS = 1000  # users whose top-K lists are compared pairwise (a fixed seeded sample)
+
+
+def full_metrics(ks: list[int], n_items: int, popularity: Tensor) -> tuple[LinkPredMetricCollection,
+                                                                           dict[str, LinkPredPersonalization]]:
+    r"""PyG's metrics of full ranking at every cut-off K, keyed ``<name>@K``:
+
+    * ``recall@K``, ``ndcg@K``, ``hr@K``: accuracy against the held-out items;
+    * ``coverage@K``: the fraction of all items that are in at least one evaluated user's top-K;
+    * ``arp@K``: the mean, over users, of the mean ``popularity`` of their top-K items;
+    * ``personalization@K`` (kept apart: it sees a sample of the users): 1 - the mean overlap
+      :math:`|L_u \cap L_v| / K` of the top-K lists over all pairs of the sampled users.
+    """
+    collection = LinkPredMetricCollection({
+        name: metric for k in ks for name, metric in (
+            (f"recall@{k}", LinkPredRecall(k)), (f"ndcg@{k}", LinkPredNDCG(k)), (f"hr@{k}", LinkPredHitRatio(k)),
+            (f"coverage@{k}", LinkPredCoverage(k, n_items)), (f"arp@{k}", LinkPredAveragePopularity(k, popularity)))})
+    personal = {f"personalization@{k}": LinkPredPersonalization(k, max_src_nodes=None) for k in ks}
+    return collection, personal
+
+
+def evaluate_full(scorer: Scorer, ds: MultiBehaviorDataset, split_name: str, ks: list[int], batch: int = 1024,
                   device: torch.device | str = "cpu") -> dict[str, float]:
-    """Rank every item for each user (known target items masked); Recall, NDCG and HR at
-    each K with ``torch_geometric.metrics.LinkPred*``, in user batches of ``batch``."""
+    """Rank every item for each user of the split (known target items masked) and compute
+    :func:`full_metrics` in user batches of ``batch``. Popularity for ``arp@K`` counts training
+    interactions over all behaviors; ``personalization@K`` compares the top-K lists of a fixed
+    sample of :data:`PERSONALIZATION_USERS` users (drawn with seed 0 from the split's users,
+    the same for every model)."""
     split: Split = getattr(ds, split_name)
-    metrics = {}
-    for k in ks:
-        metrics[f"recall@{k}"] = LinkPredRecall(k)
-        metrics[f"ndcg@{k}"] = LinkPredNDCG(k)
-        metrics[f"hr@{k}"] = LinkPredHitRatio(k)
+    collection, personal = full_metrics(ks, ds.n_items, torch.from_numpy(ds.item_interactions()))
+    sampled = np.zeros(len(split), dtype=bool)
+    sampled[np.random.default_rng(0).permutation(len(split))[:PERSONALIZATION_USERS]] = True
     mu, mi = known_items(ds, split_name)
     order = np.argsort(mu, kind="stable")
     mu, mi = mu[order], mi[order]
@@ -110,6 +144,10 @@ def evaluate_full(scorer, ds: MultiBehaviorDataset, split_name: str, ks: list[in
         # other cut-offs are asked for (topk orders ties differently for different k)
         top = scores.sort(dim=1, descending=True, stable=True).indices[:, :kmax].cpu()
         truth = torch.stack([torch.arange(len(users)), torch.from_numpy(split.item[lo:lo + batch])])
-        for m in metrics.values():
-            m.update(top, truth)
-    return {name: float(m.compute()) for name, m in metrics.items()}
+        collection.update(top, truth)
+        for metric in personal.values():
+            metric.update(top[torch.from_numpy(sampled[lo:lo + batch])], truth)
+    values = {**{k: float(v) for k, v in collection.compute().items()},
+              **{k: float(m.compute()) for k, m in personal.items()}}
+    kinds = ("recall", "ndcg", "hr", "coverage", "personalization", "arp")
+    return {f"{kind}@{k}": values[f"{kind}@{k}"] for k in ks for kind in kinds}

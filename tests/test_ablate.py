@@ -9,8 +9,20 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cml_cli.ablate import _cores, builtin_variants, dir_name, load_variants_file, registry, run_grid, select_variants
+from cml_cli.ablate import (
+    Execution,
+    _cores,
+    build_config,
+    builtin_variants,
+    dir_name,
+    load_variants_file,
+    parse_seeds,
+    registry,
+    run_grid,
+    select_variants,
+)
 from cml_cli.errors import InputError
+from cml_cli.report import grid_tables
 
 # Small and fast: one epoch of a one-layer, 8-dimensional CML on the tiny synthetic dataset.
 FAST = {"epochs": "1", "dim": "8", "layers": "1", "samp_num": "2", "meta_batch": "16"}
@@ -22,6 +34,13 @@ description = "learning rate far too large: the loss becomes NaN in the first ba
 lr = 1e30
 max_lr = 1e31
 """
+
+
+def grid_run(*args, **kwargs) -> dict:
+    """``run_grid`` then the grid's tables (as ``cml ablate`` does): the result with ``"table"``."""
+    result = run_grid(*args, **kwargs)
+    result["table"] = grid_tables(Path(result["grid_dir"]), result["variants"], result["seeds"]).to_dict()
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +56,7 @@ def data_dir(tmp_path_factory) -> Path:
 def grid(data_dir) -> dict:
     """cml, w/o-clf and first-order (the same config as cml here) over seeds 0 and 1."""
     runs = data_dir.parent / "runs"
-    result = run_grid("synthetic", ["cml", "w/o-clf", "first-order"], [0, 1], FAST, name="g", runs_dir=runs,
+    result = grid_run("synthetic", ["cml", "w/o-clf", "first-order"], [0, 1], FAST, name="g", runs_dir=runs,
                       data_dir=data_dir)
     return {"result": result, "dir": runs / "g", "runs": runs}
 
@@ -59,14 +78,15 @@ def test_registry_has_every_variant_for_the_dataset_behaviors():
     assert reg["adj-none"].overrides == {"adj": "none"}
     assert reg["w/o-view"].overrides == {"behaviors": ["cart"]}
     assert reg["target-only"].overrides == {"behaviors": []}
-    assert reg["lightgcn-merged"].overrides == {"model": "lightgcn-merged", "lr": 5e-3}
+    assert reg["lightgcn-merged"].overrides == {"model": "lightgcn-merged"}
+    assert build_config("default", {}, reg["lightgcn-merged"], 0).lr == 5e-3  # the model's own settings
     assert reg["popularity"].overrides == {"model": "popularity"} and reg["bpr-mf"].kind == "baseline"
     # a dataset with the target behavior only has no behavior ablations
     assert not any(n.startswith("w/o-") and n not in ("w/o-clf", "w/o-mce") for n in builtin_variants(["buy"]))
     assert "target-only" not in builtin_variants(["buy"])
-    default, skipped = select_variants(reg, None)  # no --variants: everything that applies
-    assert [v.name for v in default] + skipped == list(reg)
-    groups, _ = select_variants(reg, ["cml", "baselines"])
+    default = select_variants(reg, None)  # no --variants: everything that applies
+    assert [v.name for v in default] == list(reg)
+    groups = select_variants(reg, ["cml", "baselines"])
     assert [v.name for v in groups] == ["cml", "popularity", "itemknn-merged", "bpr-mf", "lightgcn-target",
                                         "lightgcn-merged"]
 
@@ -96,7 +116,7 @@ def test_variants_file(tmp_path):
     assert variants["big"].kind == "custom" and variants["mf"].kind == "baseline"
     reg = registry(["view", "buy"], f)
     assert "big" in reg and "cml" in reg
-    chosen, _ = select_variants(reg, ["cml", "big"])
+    chosen = select_variants(reg, ["cml", "big"])
     assert [v.name for v in chosen] == ["cml", "big"]
 
     f.write_text("[variants.bad]\nnot_an_option = 1\n")
@@ -115,19 +135,19 @@ def test_variants_file(tmp_path):
 def test_bad_options_are_input_errors(data_dir, tmp_path):
     kw = {"runs_dir": tmp_path, "data_dir": data_dir}
     with pytest.raises(InputError, match="unknown variant 'nope'"):
-        run_grid("synthetic", ["nope"], [0], FAST, **kw)
+        grid_run("synthetic", ["nope"], [0], FAST, **kw)
     with pytest.raises(InputError, match="--seeds"):
-        run_grid("synthetic", ["cml"], "0,x", FAST, **kw)
+        parse_seeds("0,x")
     with pytest.raises(InputError, match="--executor"):
-        run_grid("synthetic", ["cml"], [0], FAST, executor="slurm", **kw)
+        grid_run("synthetic", ["cml"], [0], FAST, execution=Execution(executor="slurm"), **kw)
     with pytest.raises(InputError, match="--jobs"):
-        run_grid("synthetic", ["cml"], [0], FAST, jobs=0, **kw)
+        grid_run("synthetic", ["cml"], [0], FAST, execution=Execution(jobs=0), **kw)
     with pytest.raises(InputError, match="unknown option 'bogus'"):
-        run_grid("synthetic", ["cml"], [0], {"bogus": "1"}, **kw)
+        grid_run("synthetic", ["cml"], [0], {"bogus": "1"}, **kw)
     with pytest.raises(InputError, match="adj"):
-        run_grid("synthetic", ["cml"], [0], {"adj": "diagonal"}, **kw)
+        grid_run("synthetic", ["cml"], [0], {"adj": "diagonal"}, **kw)
     with pytest.raises(InputError, match="not found"):
-        run_grid("no-such-dataset", ["cml"], [0], FAST, **kw)
+        grid_run("no-such-dataset", ["cml"], [0], FAST, **kw)
     assert not (tmp_path / "ablate-synthetic").exists() or not any((tmp_path / "ablate-synthetic").iterdir())
 
 
@@ -166,7 +186,7 @@ def test_grid_writes_the_three_tables(grid):
 
 
 def test_one_seed_has_no_p_value(grid, data_dir):
-    result = run_grid("synthetic", ["cml", "w/o-clf"], [0], FAST, name="g", runs_dir=grid["runs"],
+    result = grid_run("synthetic", ["cml", "w/o-clf"], [0], FAST, name="g", runs_dir=grid["runs"],
                       data_dir=data_dir)
     assert result["executed"] == 0
     clf = result["table"]["rows"][1]["metrics"]["hr@10"]
@@ -177,7 +197,7 @@ def test_second_identical_call_reuses_everything(grid, data_dir):
     gdir = grid["dir"]
     stamps = {p: p.stat().st_mtime_ns for p in gdir.glob("*/metrics.json")}
     started = time.perf_counter()
-    again = run_grid("synthetic", ["cml", "w/o-clf", "first-order"], [0, 1], FAST, name="g", runs_dir=grid["runs"],
+    again = grid_run("synthetic", ["cml", "w/o-clf", "first-order"], [0, 1], FAST, name="g", runs_dir=grid["runs"],
                      data_dir=data_dir)
     assert time.perf_counter() - started < 5
     assert again["executed"] == 0 and again["reused"] == 4
@@ -191,7 +211,7 @@ def test_interrupted_run_is_resumed(grid, data_dir):
     before = json.loads(final.read_text())
     final.unlink()
     events = []
-    result = run_grid("synthetic", ["cml", "w/o-clf"], [0, 1], FAST, name="g", runs_dir=grid["runs"],
+    result = grid_run("synthetic", ["cml", "w/o-clf"], [0, 1], FAST, name="g", runs_dir=grid["runs"],
                       data_dir=data_dir, on_event=lambda e, u, info: events.append((e, u.dir)))
     assert result["executed"] == 1 and result["reused"] == 3
     assert ("done", "w-o-clf-s1") in events
@@ -201,14 +221,14 @@ def test_interrupted_run_is_resumed(grid, data_dir):
 
 def test_changed_settings_do_not_silently_reuse_runs(grid, data_dir):
     with pytest.raises(InputError, match=r"another configuration \(dim: 8 -> 12\)"):
-        run_grid("synthetic", ["cml"], [0], {**FAST, "dim": "12"}, name="g", runs_dir=grid["runs"],
+        grid_run("synthetic", ["cml"], [0], {**FAST, "dim": "12"}, name="g", runs_dir=grid["runs"],
                  data_dir=data_dir)
 
 
 def test_failing_run_is_marked_and_others_complete(grid, data_dir, tmp_path):
     vf = tmp_path / "v.toml"
     vf.write_text(DIVERGE)
-    result = run_grid("synthetic", ["cml", "diverge"], [0], FAST, name="g", runs_dir=grid["runs"],
+    result = grid_run("synthetic", ["cml", "diverge"], [0], FAST, name="g", runs_dir=grid["runs"],
                       data_dir=data_dir, variants_file=vf)
     assert [f["run"] for f in result["failed"]] == [str(grid["dir"] / "diverge-s0")]
     assert result["failed"][0]["log"].endswith("diverge-s0.log") and "nan" in result["failed"][0]["error"]
@@ -248,7 +268,7 @@ def test_cli_runs_jobs_side_by_side_and_exits_1_naming_the_failed_run(grid, data
 def test_ray_executor(grid, data_dir):
     ray = pytest.importorskip("ray", reason="Ray is not installed (optional extra: pip install 'cml-cli[ray]')")
     assert not ray.is_initialized()
-    result = run_grid("synthetic", ["cml", "adj-symmetric"], [0], FAST, executor="ray", name="g",
+    result = grid_run("synthetic", ["cml", "adj-symmetric"], [0], FAST, execution=Execution(executor="ray"), name="g",
                       runs_dir=grid["runs"], data_dir=data_dir)
     assert result["failed"] == [] and result["executed"] == 1 and result["reused"] == 1
     assert (grid["dir"] / "adj-symmetric-s0" / "metrics.json").is_file()

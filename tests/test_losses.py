@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from cml_cli.model.cml import CML, Batch, Triples
-from cml_cli.model.encoder import BehaviorGraph
 from cml_cli.model.losses import bpr_loss, info_nce, l2_reg
+from cml_cli.model.propagation import BehaviorGraph
 
 
 def _sigmoid(x: float) -> float:

@@ -128,19 +128,30 @@ def _brute_full(scores: np.ndarray, ds, split_name: str, ks: list[int]) -> dict[
     if split_name == "test":
         for u, i in zip(ds.valid.user.tolist(), ds.valid.item.tolist()):
             masked.setdefault(u, set()).add(i)
-    out = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg", "hr")}
+    out = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg", "hr", "arp")}
+    popularity = sum(np.bincount(ds.train[b].item, minlength=ds.n_items) for b in ds.behaviors)
+    tops = []
     for row, (u, item) in enumerate(zip(split.user.tolist(), split.item.tolist())):
         s = scores[row].astype(np.float64).copy()
         for j in masked.get(u, ()):
             s[j] = -np.inf
         ranking = np.argsort(-s, kind="stable")
+        tops.append(ranking)
         rank = int(np.flatnonzero(ranking == item)[0])
         for k in ks:
+            out[f"arp@{k}"] += popularity[ranking[:k]].mean()
             if rank < k:
                 out[f"recall@{k}"] += 1
                 out[f"hr@{k}"] += 1
                 out[f"ndcg@{k}"] += 1 / math.log2(rank + 2)
-    return {name: value / len(split) for name, value in out.items()}
+    out = {name: value / len(split) for name, value in out.items()}
+    assert len(split) <= 1000  # every user is in the personalization sample
+    for k in ks:
+        lists = [set(t[:k].tolist()) for t in tops]
+        out[f"coverage@{k}"] = len(set().union(*lists)) / ds.n_items
+        overlaps = [len(a & b) / k for i, a in enumerate(lists) for b in lists[i + 1:]]
+        out[f"personalization@{k}"] = 1 - float(np.mean(overlaps))
+    return out
 
 
 @pytest.mark.parametrize("split_name", ["test", "valid"])
@@ -156,6 +167,36 @@ def test_evaluate_full_matches_brute_force_ranking(tiny, split_name):
     for name, value in want.items():
         assert got[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
     assert evaluate_full(scorer, tiny, split_name, KS, batch=4096) == pytest.approx(got)
+
+
+def test_beyond_accuracy_metrics_by_hand(tiny):
+    """Three users, K = 2, every other item scored -inf: user lists {0, 1}, {0, 2} and {3, 4}
+    (known target items are masked, so the scores below only reach unmasked items)."""
+    from cml_cli.data.dataset import Interactions, MultiBehaviorDataset, Split
+
+    empty = np.empty(0, np.int64)
+    ds = MultiBehaviorDataset(
+        name="hand", behaviors=["view", "buy"], n_users=3, n_items=6,
+        train={"view": Interactions(np.array([0, 1, 2, 2]), np.array([0, 0, 0, 4])),
+               "buy": Interactions(np.array([0]), np.array([5]))},
+        test=Split(np.array([0, 1, 2]), np.array([1, 5, 3]), np.zeros((3, 99), np.int64)),
+        valid=Split(empty, empty, np.zeros((0, 99), np.int64)), meta_users=empty)
+    table = torch.full((3, 6), -1e9)
+    table[0, [0, 1]] = torch.tensor([2.0, 1.0])
+    table[1, [0, 2]] = torch.tensor([2.0, 1.0])
+    table[2, [3, 4]] = torch.tensor([2.0, 1.0])
+
+    class Fixed:
+        def score_all(self, users):
+            return table[users].clone()
+
+    got = evaluate_full(Fixed(), ds, "test", [2])
+    assert got["hr@2"] == pytest.approx(2 / 3)  # users 0 (item 1) and 2 (item 3) find their item
+    assert got["coverage@2"] == pytest.approx(5 / 6)  # items 0..4 of 6
+    # pair overlaps |L_u ∩ L_v| / 2: (0, 1) 1/2, (0, 2) 0, (1, 2) 0 -> mean 1/6
+    assert got["personalization@2"] == pytest.approx(1 - 1 / 6)
+    # interactions over all behaviors: item 0: 3, item 1: 0, item 2: 0, item 3: 0, item 4: 1
+    assert got["arp@2"] == pytest.approx(((3 + 0) / 2 + (3 + 0) / 2 + (0 + 1) / 2) / 3)
 
 
 def test_full_ranking_masks_known_items(tiny):

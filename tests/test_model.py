@@ -8,9 +8,10 @@ import torch
 
 from cml_cli.config import RunConfig
 from cml_cli.data.preprocess import preprocess
-from cml_cli.model.encoder import BehaviorEncoder, BehaviorGraph
+from cml_cli.model.encoder import BehaviorEncoder
+from cml_cli.model.propagation import BehaviorGraph
 from cml_cli.model.weighting import MetaWeightNet
-from cml_cli.train.meta import CMLTrainer
+from cml_cli.train.cml_trainer import CMLTrainer
 
 CPU = torch.device("cpu")
 
@@ -312,7 +313,7 @@ def test_hold_out_mirrors_the_test_split(tmp_path):
 
     from cml_cli.config import RunConfig
     from cml_cli.data.preprocess import preprocess
-    from cml_cli.train.meta import CMLSampler
+    from cml_cli.train.cml_trainer import CMLSampler
 
     _, ds = preprocess("synthetic", size="tiny", data_dir=tmp_path)
     cfg = RunConfig(hold_out=True, batch=64)

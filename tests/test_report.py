@@ -11,7 +11,7 @@ import pytest
 
 from cml_cli.ablate import run_grid
 from cml_cli.errors import InputError
-from cml_cli.report import build_report, findings, load_grid, summarize_grid
+from cml_cli.report import build_report, findings, grid_tables, load_grid, summarize_grid
 
 FAST = {"epochs": "2", "dim": "8", "layers": "1", "samp_num": "2", "meta_batch": "16"}
 FIGURES = ("bars", "cutoffs", "valid_hr10")
@@ -27,18 +27,22 @@ def grid_dir(tmp_path_factory) -> Path:
     result = run_grid("synthetic", ["cml", "w/o-clf", "adj-none"], [0, 1], FAST, name="rep",
                       runs_dir=root / "runs", data_dir=root / "data")
     assert result["failed"] == []
+    grid_tables(Path(result["grid_dir"]))
     return Path(result["grid_dir"])
 
 
 def test_tables_are_rebuilt_from_the_run_directories(grid_dir):
-    table = summarize_grid(grid_dir)
+    table = summarize_grid(grid_dir).to_dict()
     assert table == json.loads((grid_dir / "table.json").read_text())
     assert [r["variant"] for r in table["rows"]] == ["cml", "w/o-clf", "adj-none"]
     assert table["evaluation"].startswith("sampled ranking: 1 held-out item + 99")
     assert table["protocol"] == "strict"
     assert len(table["runs"]) == 6 and {r["status"] for r in table["runs"]} == {"ok"}
-    lines = findings(table)
+    lines = findings(summarize_grid(grid_dir))
     assert lines[0].startswith("HR@10: full CML") and lines[1].startswith("NDCG@10: full CML")
+    assert lines[2].startswith("full HR@10: full CML")
+    for metric in ("full:hr@10", "full:coverage@10", "full:personalization@10", "full:arp@10"):
+        assert table["rows"][0]["metrics"][metric]["mean"] is not None, metric
 
 
 def test_report_writes_figures_tables_and_markdown(grid_dir, tmp_path):
@@ -74,7 +78,7 @@ def test_report_without_matplotlib_says_what_to_install(grid_dir, tmp_path, monk
         build_report(grid_dir, tmp_path / "x")
     result = build_report(grid_dir, tmp_path / "y", plots=False)  # tables still work
     assert (tmp_path / "y" / "table.md").is_file() and (tmp_path / "y" / "report.md").is_file()
-    assert not list((tmp_path / "y").glob("*.png")) and result["table"]["rows"]
+    assert not list((tmp_path / "y").glob("*.png")) and result["table"].rows
 
 
 def test_report_of_run_directories_without_grid_json(grid_dir, tmp_path):
@@ -83,7 +87,8 @@ def test_report_of_run_directories_without_grid_json(grid_dir, tmp_path):
     (copy / "grid.json").unlink()
     grid = load_grid(copy)
     assert set(grid["variants"]) == {"cml", "w-o-clf"} and grid["dataset"] == "synthetic"
+    assert grid["variants"]["cml"]["kind"] == "cml" and grid["variants"]["w-o-clf"]["kind"] == "ablation"
     table = summarize_grid(copy)
-    assert table["rows"][0]["variant"] == "cml" and table["rows"][1]["metrics"]["hr@10"]["change_pct"] is not None
+    assert table.rows[0].variant == "cml" and table.rows[1].cell("hr@10").change_pct is not None
     with pytest.raises(InputError, match="no run directories"):
         load_grid(tmp_path)

@@ -11,30 +11,21 @@ Executors: ``local`` runs ``jobs`` runs side by side (in this process when ``job
 otherwise one ``python -m cml_cli.ablate`` subprocess per run with ``cores // jobs`` torch
 threads each); ``ray`` sends each run to a Ray cluster (optional extra ``[ray]``).
 
-``<runs-dir>/<name>/grid.json`` records the variants and runs of the grid (the union over
-invocations); ``table.csv``, ``table.md`` and ``table.json`` hold the comparison table
-(see :mod:`cml_cli.report`). This package imports torch only inside the runs themselves.
+``<runs-dir>/<name>/grid.json`` records the variants (with their kind) and runs of the grid
+(the union over invocations). This package imports torch only inside the runs themselves.
 
-The parts: :mod:`cml_cli.ablate.registry` (variants), :mod:`cml_cli.ablate.grid` (planning and
-:func:`run_grid`), :mod:`cml_cli.ablate.executors` (running the runs).
+The parts: :mod:`cml_cli.ablate.registry` (variants), :mod:`cml_cli.ablate.grid` (planning,
+bookkeeping and :func:`run_grid`), :mod:`cml_cli.ablate.executors` (running the runs). The
+comparison tables are built by :mod:`cml_cli.report` from the files a grid writes; neither
+package imports the other.
 """
 
 from cml_cli.ablate.executors import EXECUTORS, LogProgress, _cores, run_one
-from cml_cli.ablate.grid import Event, Unit, build_config, dir_name, parse_seeds, plan, run_grid
-from cml_cli.ablate.registry import (
-    BASELINE_SETTINGS,
-    BASELINES,
-    REFERENCE,
-    Variant,
-    baselines_available,
-    builtin_variants,
-    load_variants_file,
-    registry,
-    select_variants,
-)
+from cml_cli.ablate.grid import Event, Execution, Unit, build_config, dir_name, parse_seeds, plan, run_grid
+from cml_cli.ablate.registry import REFERENCE, Variant, builtin_variants, load_variants_file, registry, select_variants
 
 __all__ = [
-    "BASELINES", "BASELINE_SETTINGS", "EXECUTORS", "REFERENCE", "Event", "LogProgress", "Unit", "Variant", "_cores",
-    "baselines_available", "build_config", "builtin_variants", "dir_name", "load_variants_file", "parse_seeds", "plan",
-    "registry", "run_grid", "run_one", "select_variants",
+    "EXECUTORS", "REFERENCE", "Event", "Execution", "LogProgress", "Unit", "Variant", "_cores", "build_config",
+    "builtin_variants", "dir_name", "load_variants_file", "parse_seeds", "plan", "registry", "run_grid", "run_one",
+    "select_variants",
 ]

@@ -81,8 +81,10 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
                 result = resume(run, data_dir=data_dir, progress=progress, epochs=epochs)
             seconds = time.perf_counter() - started
             test = result.get("test", {})
+            full = test.get("full") or {}
             log.write(f"finished in {seconds:.1f} s: test " +
-                      " ".join(f"{k} {v:.4f}" for k, v in test.items()) + "\n")
+                      " ".join(f"{k} {v:.4f}" for k, v in test.items() if not isinstance(v, dict)) +
+                      "; full ranking " + " ".join(f"{k} {v:.4f}" for k, v in full.items() if k.endswith("@10")) + "\n")
             return {"ok": True, "error": None, "seconds": seconds}
         except Exception as e:
             traceback.print_exc(file=log)

@@ -1,10 +1,9 @@
 """Planning and running an ablation grid: run directories per (variant, seed), reuse and
-resume of existing ones, :func:`run_grid` and the tables it writes."""
+resume of existing ones, the grid's bookkeeping (``grid.json``) and :func:`run_grid`."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from collections.abc import Callable
@@ -14,7 +13,9 @@ from typing import Any
 
 from cml_cli.ablate.executors import EXECUTORS, _cores, _run_local, _run_ray
 from cml_cli.ablate.registry import REFERENCE, Variant, registry, select_variants
-from cml_cli.config import PRESETS, RunConfig, apply_overrides
+from cml_cli.config import RunConfig, apply_overrides, compose, dataset_preset_name, load_toml
+from cml_cli.data.dataset import N_NEGATIVES
+from cml_cli.data.store import check_name, check_writable_dir, read_manifest, resolve_dataset_dir, write_json_atomic
 from cml_cli.errors import InputError
 
 # Config keys that may differ between a stored run and the request without making it another run.
@@ -27,14 +28,16 @@ def dir_name(variant: str, seed: int) -> str:
     return f"{safe}-s{seed}"
 
 
-def parse_seeds(text: str | list[int]) -> list[int]:
-    if isinstance(text, list):
-        seeds = text
-    else:
-        try:
-            seeds = [int(s) for s in str(text).split(",") if s.strip()]
-        except ValueError:
-            raise InputError(f"--seeds: expected comma-separated integers, got '{text}'") from None
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]`` (the command line's ``--seeds``), checked."""
+    try:
+        seeds = [int(s) for s in str(text).split(",") if s.strip()]
+    except ValueError:
+        raise InputError(f"--seeds: expected comma-separated integers, got '{text}'") from None
+    return check_seeds(seeds)
+
+
+def check_seeds(seeds: list[int]) -> list[int]:
     if not seeds:
         raise InputError("--seeds: need at least one seed")
     if len(set(seeds)) != len(seeds):
@@ -66,8 +69,6 @@ def _config_key(cfg: dict[str, Any]) -> str:
 
 
 def _read_run_config(path: Path) -> dict[str, Any] | None:
-    from cml_cli.config import load_toml
-
     try:
         return apply_overrides(RunConfig(), load_toml(path / "config.toml")).to_dict()
     except InputError:
@@ -98,12 +99,13 @@ def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys]
 
 
-def build_config(preset: str, overrides: dict[str, Any], variant: Variant, seed: int) -> RunConfig:
-    """Preset, then ``--set`` overrides (every run), then the variant's, then the seed."""
-    cfg = apply_overrides(RunConfig(), PRESETS[preset])
-    cfg = apply_overrides(cfg, overrides)
+def build_config(preset: str, overrides: dict[str, Any], variant: Variant, seed: int,
+                 configs: list[dict[str, Any]] = ()) -> RunConfig:
+    """The preset and the model's settings, then ``configs`` (``--config`` files, the ones for
+    every variant before the variant's own), then ``--set`` overrides (every run), then the
+    variant's overrides, then the seed."""
     try:
-        cfg = apply_overrides(cfg, variant.overrides)
+        cfg = compose(preset, [*configs, overrides, variant.overrides])
         cfg.seed = seed
         return cfg.validate()
     except InputError as e:
@@ -111,9 +113,12 @@ def build_config(preset: str, overrides: dict[str, Any], variant: Variant, seed:
 
 
 def plan(grid_dir: Path, variants: list[Variant], seeds: list[int], preset: str, overrides: dict[str, Any],
-         behaviors: list[str], checksum: str) -> tuple[dict[tuple[str, int], str], list[Unit]]:
+         behaviors: list[str], checksum: str,
+         configs: dict[str | None, list[dict[str, Any]]] | None = None) -> tuple[dict[tuple[str, int], str], list[Unit]]:
     """Map every (variant, seed) to a run directory and decide what each directory needs.
+    ``configs`` maps a variant name (``None``: every variant) to its ``--config`` tables.
     Raises ``InputError`` when a directory holds a run of another configuration or dataset."""
+    configs = configs or {}
     existing = _existing_runs(grid_dir)
     by_key: dict[str, str] = {}
     for name, cfg in existing.items():
@@ -125,8 +130,9 @@ def plan(grid_dir: Path, variants: list[Variant], seeds: list[int], preset: str,
         unknown = sorted(set(variant.overrides.get("behaviors") or []) - set(behaviors))
         if unknown:
             raise InputError(f"variant '{variant.name}': unknown behavior(s) {unknown}; dataset has {behaviors}")
+        tables = [*configs.get(None, []), *configs.get(variant.name, [])]
         for seed in seeds:
-            cfg = build_config(preset, overrides, variant, seed).to_dict()
+            cfg = build_config(preset, overrides, variant, seed, tables).to_dict()
             key = _config_key(cfg)
             natural = dir_name(variant.name, seed)
             name = by_key.get(key)
@@ -172,120 +178,157 @@ def _unit(path: Path, name: str, cfg: dict[str, Any], stored: dict[str, Any] | N
 Event = Callable[[str, Unit, dict[str, Any]], None]
 
 
+# --------------------------------------------------------------------------- bookkeeping
+
+
+@dataclass
+class DatasetInfo:
+    """What a grid needs to know of its processed dataset."""
+
+    dir: Path
+    name: str
+    behaviors: list[str]
+    preset: str
+    checksum: str
+    n_candidates: int
+
+    @classmethod
+    def read(cls, dataset: str | Path, data_dir: Path | None) -> DatasetInfo:
+        ds_dir = resolve_dataset_dir(dataset, data_dir).resolve()
+        manifest = read_manifest(ds_dir)
+        return cls(ds_dir, manifest["name"], list(manifest["behaviors"]), dataset_preset_name(manifest),
+                   manifest["files"]["arrays.npz"], N_NEGATIVES + 1)
+
+
+class GridBook:
+    """``grid.json``: the grid's dataset, settings, variants with their runs, and failures.
+
+    It holds the union over invocations; the variants recorded under other settings (``--set``)
+    or another version of the dataset are dropped, since their runs are not comparable."""
+
+    def __init__(self, grid_dir: Path):
+        self.path = grid_dir / "grid.json"
+        try:
+            grid = json.loads(self.path.read_text())
+        except (OSError, json.JSONDecodeError):
+            grid = {}
+        self.grid: dict[str, Any] = grid if isinstance(grid, dict) else {}
+
+    def start(self, info: DatasetInfo, overrides: dict[str, Any], variants: list[Variant], seeds: list[int],
+              mapping: dict[tuple[str, int], str], command: str | None) -> None:
+        grid = self.grid
+        recorded_overrides = {k: str(v) for k, v in overrides.items()}
+        if grid.get("dataset_checksum") not in (None, info.checksum) or \
+                grid.get("overrides", recorded_overrides) != recorded_overrides:
+            grid["variants"] = {}
+        grid.update({"dataset": info.name, "dataset_checksum": info.checksum, "preset": info.preset,
+                     "n_candidates": info.n_candidates, "reference": REFERENCE,
+                     "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "last_command": command,
+                     "overrides": recorded_overrides})
+        grid.setdefault("failed", {})
+        recorded = grid.setdefault("variants", {})
+        for v in variants:
+            entry = recorded.get(v.name, {})
+            runs = dict(entry.get("runs", {})) if entry.get("overrides") == v.overrides else {}
+            runs.update({str(s): mapping[(v.name, s)] for s in seeds})
+            recorded[v.name] = {"kind": v.kind, "description": v.description, "overrides": v.overrides,
+                                "runs": dict(sorted(runs.items(), key=lambda kv: int(kv[0])))}
+        self.write()
+
+    def outcome(self, run: str, error: str | None) -> None:
+        """Record a run's end (``error`` None: it succeeded) and write the file."""
+        if error is None:
+            self.grid["failed"].pop(run, None)
+        else:
+            self.grid["failed"][run] = error
+        self.write()
+
+    def write(self) -> None:
+        write_json_atomic(self.path, self.grid)
+
+
 # --------------------------------------------------------------------------- the grid
 
 
-def _dataset_info(dataset: str | Path, data_dir: Path | None) -> dict[str, Any]:
-    from cml_cli.data.preprocess import dataset_preset
-    from cml_cli.data.store import read_manifest, resolve_dataset_dir
+@dataclass
+class Execution:
+    """How the runs of a grid run: ``jobs`` side by side on the ``local`` executor (processes)
+    or ``ray`` (at ``ray_address``, default a local cluster)."""
 
-    ds_dir = resolve_dataset_dir(dataset, data_dir).resolve()
-    manifest = read_manifest(ds_dir)
-    family = dataset_preset(manifest["name"])
-    preset = manifest.get("preset") or (family.train_preset if family else "default")
-    if preset not in PRESETS:
-        preset = "default"
-    n_candidates = None
-    try:
-        import numpy as np
+    jobs: int = 1
+    executor: str = "local"
+    ray_address: str | None = None
 
-        with np.load(ds_dir / "arrays.npz", allow_pickle=False) as z:
-            n_candidates = int(z["test.neg"].shape[1]) + 1
-    except (OSError, KeyError, ValueError, IndexError):
-        pass
-    return {"dir": ds_dir, "name": manifest["name"], "behaviors": list(manifest["behaviors"]), "preset": preset,
-            "checksum": manifest["files"]["arrays.npz"], "n_candidates": n_candidates}
+    def check(self) -> Execution:
+        if self.executor not in EXECUTORS:
+            raise InputError(f"--executor: '{self.executor}' is not one of {', '.join(EXECUTORS)}")
+        if self.jobs < 1:
+            raise InputError(f"--jobs: must be at least 1, got {self.jobs}")
+        if self.ray_address and self.executor != "ray":
+            raise InputError("--ray-address: only with --executor ray")
+        return self
 
-
-def _read_grid(path: Path) -> dict[str, Any]:
-    try:
-        grid = json.loads(path.read_text())
-        return grid if isinstance(grid, dict) else {}
-    except (OSError, json.JSONDecodeError):
-        return {}
+    def threads(self) -> int:
+        return max(1, _cores() // self.jobs) if self.executor == "local" or not self.ray_address else 1
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+def read_configs(files: list[str | Path], known: list[str] | None = None) -> dict[str | None, list[dict[str, Any]]]:
+    """``--config`` values: ``FILE`` (every variant) or ``VARIANT=FILE`` -> tables by variant."""
+    out: dict[str | None, list[dict[str, Any]]] = {}
+    for spec in files:
+        text = str(spec)
+        variant, _, path = text.partition("=") if "=" in text and not Path(text).is_file() else (None, "", text)
+        if variant is not None and known is not None and variant not in known:
+            raise InputError(f"--config {text}: unknown variant '{variant}' (known: {', '.join(known)})")
+        out.setdefault(variant, []).append(load_toml(Path(path)))
+    return out
 
 
 def run_grid(
     dataset: str | Path,
-    variants: list[str] | None = None,
-    seeds: list[int] | str = (0,),
+    variants: list[str] | None,
+    seeds: list[int],
     overrides: dict[str, Any] | None = None,
-    jobs: int = 1,
-    executor: str = "local",
+    *,
     name: str | None = None,
     runs_dir: Path = Path("runs"),
     data_dir: Path | None = None,
-    *,
+    execution: Execution | None = None,
     variants_file: Path | None = None,
-    ray_address: str | None = None,
+    configs: list[str | Path] = (),
     on_event: Event | None = None,
     command: str | None = None,
 ) -> dict[str, Any]:
-    """Run (or reuse) every (variant, seed) of a grid and write its tables.
-
-    Returns ``{"grid_dir", "table" (the content of table.json), "failed": [{"run", "log",
-    "error", "variants", "seed"}], "executed", "reused", "skipped", "seconds"}``. Failing runs
-    do not raise: the others complete and the failures are listed (the CLI exits 1)."""
-    from cml_cli.report import summarize_grid, write_tables
-
+    """Run (or reuse) every (variant, seed) of a grid. Returns ``{"grid_dir", "variants",
+    "seeds", "failed": [{"run", "log", "error", "variants", "seed"}], "executed", "reused",
+    "seconds"}``; the tables are :mod:`cml_cli.report`'s (``grid_tables``). Failing runs do
+    not raise: the others complete and the failures are listed (the CLI exits 1)."""
     started = time.perf_counter()
-    if executor not in EXECUTORS:
-        raise InputError(f"--executor: '{executor}' is not one of {', '.join(EXECUTORS)}")
-    if jobs < 1:
-        raise InputError(f"--jobs: must be at least 1, got {jobs}")
-    if ray_address and executor != "ray":
-        raise InputError("--ray-address: only with --executor ray")
-    seeds = parse_seeds(list(seeds) if not isinstance(seeds, str) else seeds)
+    execution = (execution or Execution()).check()
+    seeds = check_seeds(list(seeds))
     overrides = dict(overrides or {})
     if "seed" in {k.replace("-", "_") for k in overrides}:
         raise InputError("--set seed=...: use --seeds")
     apply_overrides(RunConfig(), overrides)  # unknown keys -> InputError before anything runs
-    info = _dataset_info(dataset, data_dir)
-    reg = registry(info["behaviors"], variants_file)
-    chosen, skipped = select_variants(reg, variants)
+    info = DatasetInfo.read(dataset, data_dir)
+    reg = registry(info.behaviors, variants_file)
+    chosen = select_variants(reg, variants)
     if not chosen:
         raise InputError("--variants: nothing to run")
-    name = name or f"ablate-{info['name']}"
-    if "/" in name or name in ("", ".", ".."):
-        raise InputError(f"--name: '{name}' is not a directory name")
+    tables = read_configs(list(configs), list(reg))
+    name = check_name(name, "--name") if name is not None else f"ablate-{info.name}"
     grid_dir = (Path(runs_dir) / name).resolve()
-    from cml_cli.data.store import check_writable_dir
-
     check_writable_dir(grid_dir, "ablation directory")
-    mapping, units = plan(grid_dir, chosen, seeds, info["preset"], overrides, info["behaviors"], info["checksum"])
+    mapping, units = plan(grid_dir, chosen, seeds, info.preset, overrides, info.behaviors, info.checksum, tables)
     grid_dir.mkdir(parents=True, exist_ok=True)
-
-    grid_path = grid_dir / "grid.json"
-    grid = _read_grid(grid_path)
-    recorded_overrides = {k: str(v) for k, v in overrides.items()}
-    if grid.get("dataset_checksum") not in (None, info["checksum"]) or \
-            grid.get("overrides", recorded_overrides) != recorded_overrides:
-        grid["variants"] = {}  # runs of other settings are not comparable with these
-    grid.update({"dataset": info["name"], "dataset_checksum": info["checksum"], "preset": info["preset"],
-                 "n_candidates": info["n_candidates"], "reference": REFERENCE, "updated": time.strftime(
-                     "%Y-%m-%dT%H:%M:%S%z"), "last_command": command, "overrides": recorded_overrides})
-    grid.setdefault("failed", {})
-    recorded = grid.setdefault("variants", {})
-    for v in chosen:
-        entry = recorded.get(v.name, {})
-        runs = {s: d for s, d in entry.get("runs", {}).items()} if entry.get("overrides") == v.overrides else {}
-        runs.update({str(s): mapping[(v.name, s)] for s in seeds})
-        recorded[v.name] = {"kind": v.kind, "description": v.description, "overrides": v.overrides,
-                            "runs": dict(sorted(runs.items(), key=lambda kv: int(kv[0])))}
-    _write_json(grid_path, grid)
+    book = GridBook(grid_dir)
+    book.start(info, overrides, chosen, seeds, mapping, command)
 
     todo = [u for u in units if u.state != "done"]
     reused = [u for u in units if u.state == "done"]
-    threads = max(1, _cores() // jobs) if executor == "local" or not ray_address else 1
-    specs = [{"dataset": str(info["dir"]), "data_dir": str(info["dir"].parent), "grid_dir": str(grid_dir),
+    specs = [{"dataset": str(info.dir), "data_dir": str(info.dir.parent), "grid_dir": str(grid_dir),
               "dir": u.dir, "state": u.state, "config": u.config, "log": str(grid_dir / f"{u.dir}.log"),
-              "threads": threads} for u in todo]
+              "threads": execution.threads()} for u in todo]
     by_dir = {u.dir: u for u in units}
     failed: list[dict[str, Any]] = []
     count = {"n": 0}
@@ -296,31 +339,23 @@ def run_grid(
         if event is None:
             count["n"] += 1
             event = "done" if outcome["ok"] else "failed"
-            if outcome["ok"]:
-                grid["failed"].pop(unit.dir, None)
-            else:
-                grid["failed"][unit.dir] = outcome["error"]
+            book.outcome(unit.dir, None if outcome["ok"] else outcome["error"])
+            if not outcome["ok"]:
                 failed.append({"run": str(grid_dir / unit.dir), "log": spec["log"], "error": outcome["error"],
                                "variants": unit.variants, "seed": unit.seed})
-            _write_json(grid_path, grid)
         if on_event is not None:
             on_event(event, unit, {**outcome, "index": count["n"], "total": len(specs), "log": spec["log"],
                                    "run": str(grid_dir / unit.dir)})
 
-    if on_event is not None:
-        for u in reused:
-            on_event("reused", u, {"run": str(grid_dir / u.dir), "total": len(specs)})
     for u in reused:
-        grid["failed"].pop(u.dir, None)
+        book.grid["failed"].pop(u.dir, None)
+        if on_event is not None:
+            on_event("reused", u, {"run": str(grid_dir / u.dir), "total": len(specs)})
     if specs:
-        if executor == "ray":
-            _run_ray(specs, jobs, ray_address, notify)
+        if execution.executor == "ray":
+            _run_ray(specs, execution.jobs, execution.ray_address, notify)
         else:
-            _run_local(specs, jobs, notify)
-    _write_json(grid_path, grid)
-
-    table = summarize_grid(grid_dir, variants=[v.name for v in chosen], seeds=seeds)
-    write_tables(table, grid_dir)
-    return {"grid_dir": str(grid_dir), "table": table, "failed": failed, "executed": len(specs),
-            "reused": len(reused), "skipped": skipped, "seconds": time.perf_counter() - started}
-
+            _run_local(specs, execution.jobs, notify)
+    book.write()
+    return {"grid_dir": str(grid_dir), "variants": [v.name for v in chosen], "seeds": seeds, "failed": failed,
+            "executed": len(specs), "reused": len(reused), "seconds": time.perf_counter() - started}

@@ -1,26 +1,24 @@
-"""The variant registry of ``cml ablate``: built-in variants (the CML ablations and the
-baselines with their settings), variants from TOML files, and choosing the variants to run."""
+"""The variants of ``cml ablate``: CML's ablations, one variant per model of the model
+registry (:mod:`cml_cli.registry`) other than CML, variants from TOML files, and choosing
+the variants to run."""
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cml_cli import registry as models
 from cml_cli.config import RunConfig, apply_overrides, read_toml
 from cml_cli.errors import InputError
 
-BASELINES = ("popularity", "itemknn-merged", "bpr-mf", "lightgcn-target", "lightgcn-merged")
 REFERENCE = "cml"
-# Trained baselines use plain Adam at one learning rate of their own rather than the CML
-# preset's small cyclic one, which leaves them under-trained within the epoch budget.
-BASELINE_SETTINGS = {b: {"lr": 5e-3} for b in ("bpr-mf", "lightgcn-target", "lightgcn-merged")}
+GROUPS = {"ablations": "ablation", "baselines": "baseline", "peers": "peer"}
 
 
 @dataclass(frozen=True)
 class Variant:
-    """A named set of config overrides; ``kind`` is cml | ablation | baseline | custom."""
+    """A named set of config overrides; ``kind`` is cml | ablation | baseline | peer | custom."""
 
     name: str
     overrides: dict[str, Any]
@@ -39,19 +37,11 @@ _CORE = (
     Variant("no-hold-out", {"hold_out": False}, "ablation",
             "batch positives stay in the propagated graph (the paper's training)"),
 )
-_BASELINE_TEXT = {
-    "popularity": "most-interacted items first (all behaviors)",
-    "itemknn-merged": "cosine item-item co-occurrence over all behaviors",
-    "bpr-mf": "BPR matrix factorisation on the target behavior",
-    "lightgcn-target": "LightGCN on the target behavior",
-    "lightgcn-merged": "LightGCN on all behaviors merged into one graph",
-}
-
-
 def builtin_variants(behaviors: list[str] | None = None) -> dict[str, Variant]:
     """The registered variants for a dataset whose behaviors are ``behaviors`` (target last):
     the CML ablations, one ``w/o-<behavior>`` per auxiliary behavior, ``target-only`` (when
-    there are auxiliary behaviors) and the baselines, in table order."""
+    there are auxiliary behaviors) and every other model of the registry (baselines, then
+    multi-behavior peers; each runs with its registry settings), in table order."""
     out = {v.name: v for v in _CORE}
     auxiliary = list(behaviors[:-1]) if behaviors else []
     for b in auxiliary:
@@ -60,8 +50,9 @@ def builtin_variants(behaviors: list[str] | None = None) -> dict[str, Variant]:
     if auxiliary:
         out["target-only"] = Variant("target-only", {"behaviors": []}, "ablation",
                                      f"{behaviors[-1]} only, no auxiliary behavior")
-    for b in BASELINES:
-        out[b] = Variant(b, {"model": b, **BASELINE_SETTINGS.get(b, {})}, "baseline", _BASELINE_TEXT[b])
+    for kind in ("baseline", "peer"):
+        for name in models.names(kind):
+            out[name] = Variant(name, {"model": name}, kind, models.entry(name).description)
     return out
 
 
@@ -80,7 +71,7 @@ def load_variants_file(path: Path) -> dict[str, Variant]:
             raise InputError(f"--variants-file {path}: variants.{name} must be a table of overrides")
         spec = dict(spec)
         description = str(spec.pop("description", ""))
-        kind = "baseline" if spec.get("model", REFERENCE) != REFERENCE else "custom"
+        kind = models.kind_of(spec["model"]) if spec.get("model", REFERENCE) != REFERENCE else "custom"
         if "seed" in spec:
             raise InputError(f"--variants-file {path}: variants.{name}: 'seed' is set by --seeds")
         try:
@@ -99,30 +90,21 @@ def registry(behaviors: list[str] | None = None, variants_file: Path | None = No
     return out
 
 
-def baselines_available() -> bool:
-    return importlib.util.find_spec("cml_cli.model.baselines") is not None
-
-
-def select_variants(reg: dict[str, Variant], names: list[str] | None) -> tuple[list[Variant], list[str]]:
-    """The variants to run, in registry order for the default; returns (variants, skipped names).
-    ``names`` may use the groups ``all``, ``ablations`` and ``baselines``."""
-    skipped: list[str] = []
+def select_variants(reg: dict[str, Variant], names: list[str] | None) -> list[Variant]:
+    """The variants to run: all of ``reg`` in registry order by default. ``names`` may use the
+    groups ``all``, ``ablations``, ``baselines`` and ``peers``."""
     if not names:
-        chosen = list(reg.values())
-        if not baselines_available():
-            skipped = [v.name for v in chosen if v.kind == "baseline" and v.overrides.get("model") in BASELINES]
-            chosen = [v for v in chosen if v.name not in skipped]
-        return chosen, skipped
+        return list(reg.values())
     out: list[Variant] = []
     for name in names:
         if name == "all":
             group = list(reg.values())
-        elif name in ("ablations", "baselines"):
-            group = [v for v in reg.values() if v.kind == name[:-1]]
+        elif name in GROUPS:
+            group = [v for v in reg.values() if v.kind == GROUPS[name]]
         elif name in reg:
             group = [reg[name]]
         else:
             raise InputError(f"--variants: unknown variant '{name}' (known: {', '.join(reg)}; "
                              "add your own with --variants-file)")
         out += [v for v in group if v not in out]
-    return out, skipped
+    return out

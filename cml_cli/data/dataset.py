@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.sparse as sp
 
 from cml_cli.errors import InputError
 
@@ -76,14 +75,13 @@ class MultiBehaviorDataset:
     def auxiliary(self) -> list[str]:
         return self.behaviors[:-1]
 
-    def matrix(self, behavior: str) -> sp.csr_matrix:
-        """Binary ``[n_users, n_items]`` CSR matrix of a behavior's training interactions."""
-        inter = self.train[behavior]
-        data = np.ones(len(inter), dtype=np.float32)
-        mat = sp.csr_matrix((data, (inter.user, inter.item)), shape=(self.n_users, self.n_items))
-        mat.sum_duplicates()
-        mat.data[:] = 1.0
-        return mat
+    def item_interactions(self) -> np.ndarray:
+        """``[n_items]``: each item's number of training interactions over all behaviors (an
+        interaction under two behaviors counts twice): the popularity that ARP@K averages."""
+        counts = np.zeros(self.n_items, dtype=np.float64)
+        for b in self.behaviors:
+            counts += np.bincount(self.train[b].item, minlength=self.n_items)
+        return counts
 
     def with_behaviors(self, behaviors: list[str]) -> MultiBehaviorDataset:
         """A view keeping only ``behaviors`` (the target is always kept, and stays last)."""

@@ -63,3 +63,43 @@ class BehaviorIndex:
         rank[order] = within
         keep = rank < max_per_user
         return users[owner[keep]], self.indices[starts[owner[keep]] + within[keep]]
+
+
+class TripleSampler:
+    """BPR triples over a dataset's behaviors, driven by the target behavior's training pairs.
+
+    An epoch is a shuffled partition of the target pairs into batches of ``batch`` rows. For
+    the rows of a batch, :meth:`triples` gives one ``(user, pos, neg)`` triple set per
+    behavior in ``behaviors`` (indices into ``ds.behaviors``; default: the target only): for
+    the target, each pair with one uniform negative the user never bought; for an auxiliary
+    behavior k, ``aux_samples`` positives drawn uniformly from the user's items under k
+    (users without any are skipped) with negatives the user never had under k."""
+
+    def __init__(self, ds, batch: int, behaviors: list[int] | None = None, aux_samples: int = 1):
+        target = ds.train[ds.target]
+        self.user, self.item = target.user.astype(np.int64), target.item.astype(np.int64)
+        self.batch, self.aux_samples = batch, aux_samples
+        self.target = len(ds.behaviors) - 1
+        self.behaviors = list(behaviors) if behaviors is not None else [self.target]
+        self.index = {k: BehaviorIndex(ds.train[ds.behaviors[k]].user, ds.train[ds.behaviors[k]].item, ds.n_users,
+                                       ds.n_items) for k in self.behaviors}
+
+    def epoch(self, rng: np.random.Generator) -> list[np.ndarray]:
+        """A shuffled partition of the target training pairs into batches."""
+        perm = rng.permutation(len(self.user))
+        return [perm[lo:lo + self.batch] for lo in range(0, len(perm), self.batch)]
+
+    def triples(self, rows: np.ndarray, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """``[(user, pos, neg)]``, one per behavior of ``self.behaviors``, each ``[n_k]``."""
+        user, item = self.user[rows], self.item[rows]
+        out = []
+        for k in self.behaviors:
+            index = self.index[k]
+            if k == self.target:
+                u, pos = user, item
+            else:
+                repeated = np.repeat(user, self.aux_samples)
+                pos, has = index.sample_positive(repeated, rng)
+                u, pos = repeated[has], pos[has]
+            out.append((u, pos, index.sample_negative(u, rng)))
+        return out

@@ -29,6 +29,15 @@ MANIFEST_CHECKSUM = "manifest_sha256"
 _REQUIRED = {"name": str, "behaviors": list, "n_users": int, "n_items": int}
 
 
+def check_name(name: str, option: str) -> str:
+    """A name a user gives (a dataset, a run, a grid) must be one path component: not empty,
+    not ``.`` or ``..``, without ``/`` (or a NUL byte); otherwise an :class:`InputError`."""
+    if not name or name in (".", "..") or "/" in name or "\0" in name or name != name.strip():
+        raise InputError(f"{option}: '{name}' is not a valid name (one path component: no '/', not '.' or '..', "
+                         "no surrounding spaces)")
+    return name
+
+
 def default_data_dir() -> Path:
     return Path(os.environ.get("CML_DATA_DIR", "data"))
 

@@ -8,8 +8,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from cml_cli.model.encoder import BehaviorEncoder, BehaviorGraph
+from cml_cli.model.encoder import BehaviorEncoder, LightGCNBehaviorEncoder
 from cml_cli.model.losses import bpr_loss, info_nce, l2_reg
+from cml_cli.model.propagation import BehaviorGraph
 from cml_cli.model.weighting import MetaWeightNet
 
 
@@ -44,13 +45,16 @@ class CML(nn.Module):
 
     with weights from :class:`MetaWeightNet` (``weighting='meta'``), the network under
     ``torch.no_grad`` (``'frozen'``), or all weights 1 (``'none'``, the w/o MCE ablation).
+    ``encoder='cml'`` is the paper's encoder (:class:`BehaviorEncoder`), ``'lightgcn'`` the
+    linear backbone (:class:`LightGCNBehaviorEncoder`); the objective is the same.
     """
 
     def __init__(self, n_users: int, n_items: int, n_behaviors: int, dim: int = 16, layers: int = 3,
                  dropout: float = 0.8, reg: float = 1e-3, beta: float = 0.005, contrastive: bool = True,
-                 act: str = "sigmoid", ego: bool = False):
+                 act: str = "sigmoid", ego: bool = False, encoder: str = "cml"):
         super().__init__()
-        self.encoder = BehaviorEncoder(n_users, n_items, dim, layers, act, ego)
+        self.encoder = (LightGCNBehaviorEncoder(n_users, n_items, dim, layers) if encoder == "lightgcn"
+                        else BehaviorEncoder(n_users, n_items, dim, layers, act, ego))
         self.weigher = MetaWeightNet(dim, dropout)
         self.n_behaviors, self.dim = n_behaviors, dim
         self.reg, self.beta, self.contrastive = reg, beta, contrastive

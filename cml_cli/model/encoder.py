@@ -1,91 +1,16 @@
-"""Behavior-aware graph encoder (spec §2) with PyG sparse propagation."""
+"""CML's behavior-aware graph encoders: the paper's (spec §2) and a LightGCN backbone.
+
+Both return the aggregated embeddings ``e_u``, ``e_i`` and the users' behavior-specific
+``e_u^k`` that the contrastive loss and the meta network read; both propagate through
+:class:`~cml_cli.model.propagation.BehaviorGraph`.
+"""
 
 from __future__ import annotations
 
-import copy
-import warnings
-
-import numpy as np
 import torch
 from torch import Tensor, nn
-from torch_geometric import EdgeIndex
-from torch_geometric.utils import spmm
 
-warnings.filterwarnings("ignore", message="Sparse (invariant checks|CSR tensor support)")
-
-
-class BehaviorGraph:
-    """The K behavior adjacencies as one block-diagonal ``EdgeIndex`` per direction.
-
-    ``user_to_item`` has shape ``[K * |U|, K * |I|]`` (block k is ``A_k``), ``item_to_user``
-    its transpose, so one ``spmm`` propagates every behavior at once. For ``norm='symmetric'``
-    the blocks are ``D_U^{-1/2} A_k D_I^{-1/2}``; for ``norm='mean'`` a message is the mean over
-    the neighbours, ``D_U^{-1} A_k`` towards users and ``D_I^{-1} A_k^T`` towards items (degrees
-    per behavior). Both are applied as dense scalings around the spmm.
-
-    :meth:`without` gives a view with some edges held out of the propagation, ``A_k - Δ_k``,
-    computed as ``A_k x - Δ_k x`` (the normalisers keep the full graph's degrees).
-    """
-
-    def __init__(self, users: list[np.ndarray], items: list[np.ndarray], n_users: int, n_items: int,
-                 norm: str = "none", device: torch.device | str = "cpu"):
-        self.n_users, self.n_items, self.n_behaviors, self.norm = n_users, n_items, len(users), norm
-        self.held_out: tuple[Tensor, Tensor] | None = None
-        rows = np.concatenate([u + k * n_users for k, u in enumerate(users)])
-        cols = np.concatenate([i + k * n_items for k, i in enumerate(items)])
-        size_u, size_i = len(users) * n_users, len(users) * n_items
-        self.user_to_item = self._edge_index(rows, cols, (size_u, size_i), device)
-        self.item_to_user = self._edge_index(cols, rows, (size_i, size_u), device)
-        deg_u = np.bincount(rows, minlength=size_u).astype(np.float32)
-        deg_i = np.bincount(cols, minlength=size_i).astype(np.float32)
-        with np.errstate(divide="ignore"):
-            self.scale_u = torch.from_numpy(np.where(deg_u > 0, deg_u ** -0.5, 0.0)).to(device)[:, None]
-            self.scale_i = torch.from_numpy(np.where(deg_i > 0, deg_i ** -0.5, 0.0)).to(device)[:, None]
-            self.inv_u = torch.from_numpy(np.where(deg_u > 0, 1.0 / deg_u, 0.0).astype(np.float32)).to(device)[:, None]
-            self.inv_i = torch.from_numpy(np.where(deg_i > 0, 1.0 / deg_i, 0.0).astype(np.float32)).to(device)[:, None]
-
-    @staticmethod
-    def _edge_index(rows: np.ndarray, cols: np.ndarray, size: tuple[int, int], device) -> EdgeIndex:
-        order = np.lexsort((cols, rows))
-        ei = torch.from_numpy(np.stack([rows[order], cols[order]]).astype(np.int64)).to(device)
-        edge_index = EdgeIndex(ei, sparse_size=size, sort_order="row")
-        edge_index.fill_cache_()
-        return edge_index
-
-    def without(self, rows: Tensor, cols: Tensor) -> BehaviorGraph:
-        """This graph minus the edges ``(rows[j], cols[j])``, given in block coordinates
-        (``k * |U| + u``, ``k * |I| + i``), each of which must be an edge of the graph."""
-        view = copy.copy(self)
-        view.held_out = (rows, cols)
-        return view
-
-    def to_users(self, h_item: Tensor) -> Tensor:
-        """``M_U^k = A_k H_I`` for every k: ``[|I|, d] -> [K, |U|, d]``."""
-        x = h_item.repeat(self.n_behaviors, 1)
-        if self.norm == "symmetric":
-            x = x * self.scale_i
-        out = spmm(self.user_to_item, x)
-        if self.held_out is not None:
-            out = out.index_add(0, self.held_out[0], x[self.held_out[1]], alpha=-1)
-        if self.norm == "symmetric":
-            out = out * self.scale_u
-        elif self.norm == "mean":
-            out = out * self.inv_u
-        return out.view(self.n_behaviors, self.n_users, -1)
-
-    def to_items(self, h_user: Tensor) -> Tensor:
-        """``M_I^k = A_k^T H_U`` for every k: ``[|U|, d] -> [K, |I|, d]``."""
-        x = h_user.repeat(self.n_behaviors, 1)
-        if self.norm == "symmetric":
-            x = x * self.scale_u
-        out = spmm(self.item_to_user, x)
-        if self.held_out is not None:
-            out = out.index_add(0, self.held_out[1], x[self.held_out[0]], alpha=-1)
-        if self.norm == "symmetric":
-            out = out * self.scale_i
-        elif self.norm == "mean":
-            out = out * self.inv_i
-        return out.view(self.n_behaviors, self.n_items, -1)
+from cml_cli.model.propagation import BehaviorGraph
 
 
 class BehaviorEncoder(nn.Module):
@@ -147,3 +72,40 @@ class BehaviorEncoder(nn.Module):
         e_i = torch.cat(agg_i, dim=-1) @ self.p_item
         e_uk = torch.cat(spec_u, dim=-1) @ self.p_user
         return e_u, e_i, e_uk
+
+
+class LightGCNBehaviorEncoder(nn.Module):
+    r"""CML's encoder with LightGCN's linear layers (``encoder=lightgcn``): no weights, no
+    activation, symmetrically normalised adjacencies :math:`\hat A_k = D_U^{-1/2} A_k D_I^{-1/2}`.
+    Per layer :math:`l` and behavior :math:`k`:
+
+    .. math::
+        S_U^{k,l+1} = \hat A_k H_I^l, \qquad H_U^{l+1} = \tfrac{1}{K} \textstyle\sum_k \hat A_k H_I^l
+
+    (items alike with :math:`\hat A_k^\top`), from :math:`H^0 = S^{k,0} = E`, and the mean over
+    layers including layer 0: :math:`e_u = \frac{1}{L+1}\sum_{l=0}^{L} H_U^l`,
+    :math:`e_u^k = \frac{1}{L+1}\sum_{l=0}^{L} S_U^{k,l}`, :math:`e_i = \frac{1}{L+1}\sum_l H_I^l`.
+    The graph must be built with ``norm='symmetric'``.
+    """
+
+    def __init__(self, n_users: int, n_items: int, dim: int = 16, layers: int = 3):
+        super().__init__()
+        self.layers = layers
+        self.user_emb = nn.Parameter(torch.empty(n_users, dim))
+        self.item_emb = nn.Parameter(torch.empty(n_items, dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.xavier_uniform_(self.user_emb)
+        nn.init.xavier_uniform_(self.item_emb)
+
+    def forward(self, graph: BehaviorGraph) -> tuple[Tensor, Tensor, Tensor]:
+        """Returns ``e_u [|U|, d]``, ``e_i [|I|, d]`` and ``e_u^k [K, |U|, d]``."""
+        h_u, h_i = self.user_emb, self.item_emb
+        sum_u, sum_i, sum_uk = h_u, h_i, h_u.expand(graph.n_behaviors, -1, -1)
+        for _ in range(self.layers):
+            m_u, m_i = graph.to_users(h_i), graph.to_items(h_u)
+            h_u, h_i = m_u.mean(0), m_i.mean(0)
+            sum_u, sum_i, sum_uk = sum_u + h_u, sum_i + h_i, sum_uk + m_u
+        scale = 1.0 / (self.layers + 1)
+        return sum_u * scale, sum_i * scale, sum_uk * scale

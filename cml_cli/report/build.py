@@ -6,14 +6,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cml_cli.data.store import write_text_atomic
 from cml_cli.errors import InputError
 from cml_cli.report.figures import _history, plot_bars, plot_cutoffs, plot_validation
-from cml_cli.report.tables import _read_json, findings, load_grid, runs_markdown, summarize_grid, table_markdown, write_tables
+from cml_cli.report.tables import Table, _read_json, findings, load_grid, runs_markdown, summarize_grid, table_markdown, write_tables
 
 
-def _revisions(grid_dir: Path, table: dict) -> tuple[list[str], list[str]]:
+def _revisions(grid_dir: Path, table: Table) -> tuple[list[str], list[str]]:
     revs, machines = set(), set()
-    for r in table["runs"]:
+    for r in table.runs:
         m = _read_json(Path(grid_dir) / r["run"] / "manifest.json")
         if isinstance(m, dict):
             revs.add(m.get("git_revision", "unknown"))
@@ -27,7 +28,7 @@ def build_report(runs: Path, out: Path | None = None, *, plots: bool = True, var
                  seeds: list[int] | None = None) -> dict[str, Any]:
     """Rebuild the tables of an ablation directory (restricted to ``variants`` / ``seeds`` if
     given), draw the figures and write ``report.md`` (default ``out``: ``RUNS/report``).
-    Returns ``{"out", "files", "table"}``."""
+    Returns ``{"out", "files", "table"}`` (the table as :class:`Table`)."""
     grid_dir = Path(runs)
     if variants is not None:
         known = load_grid(grid_dir)["variants"]
@@ -48,10 +49,10 @@ def build_report(runs: Path, out: Path | None = None, *, plots: bool = True, var
         figures["valid"] = plot_validation(table, grid_dir, out_dir)
         files += [p for ps in figures.values() for p in ps]
     revs, machines = _revisions(grid_dir, table)
-    lines = [f"# Ablation report: `{table['name']}` on {table.get('dataset')}", "",
-             f"- Runs: `{grid_dir}` ({len(table['runs'])} runs, seeds {', '.join(map(str, table['seeds']))})",
-             f"- Evaluation: {table['evaluation']}; protocol `{table.get('protocol')}`",
-             f"- Statistics: {table['statistics']}",
+    lines = [f"# Ablation report: `{table.name}` on {table.dataset}", "",
+             f"- Runs: `{grid_dir}` ({len(table.runs)} runs, seeds {', '.join(map(str, table.seeds))})",
+             f"- Evaluation: {table.evaluation}; protocol `{table.protocol}`",
+             f"- Statistics: {table.statistics}",
              f"- Git revision(s) of the runs: {', '.join(f'`{r}`' for r in revs) or 'unknown'}",
              f"- Machine(s): {'; '.join(machines) or 'unknown'}",
              f"- Generated: {time.strftime('%Y-%m-%d %H:%M:%S %z')}", "",
@@ -71,15 +72,15 @@ def build_report(runs: Path, out: Path | None = None, *, plots: bool = True, var
         lines += ["## Validation HR@10 per epoch", ""]
         if figures.get("valid"):
             fig("valid", "Validation HR@10 after each epoch")
-        elif any(_history(grid_dir / r["run"], "valid", "hr@10") for r in table["runs"]):
+        elif any(_history(grid_dir / r["run"], "valid", "hr@10") for r in table.runs):
             lines += ["Every run trained for one epoch only: there is no curve to draw.", ""]
         else:
             lines += ["No validation metrics in these runs (dataset without a validation split).", ""]
-    failed = [f for r in table["rows"] for f in r["failed"]]
+    failed = [f for r in table.rows for f in r.failed]
     if failed:
         lines += ["## Failed runs", ""] + [f"- `{f['run']}`: {f['error']} (log `{f['log']}`)" for f in failed] + [""]
     lines += ["## Runs", "", runs_markdown(table)]
     report = out_dir / "report.md"
-    report.write_text("\n".join(lines))
+    write_text_atomic(report, "\n".join(lines))
     files.append(report)
     return {"out": str(out_dir), "files": [str(p) for p in files], "table": table}

@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from cml_cli.errors import InputError
-from cml_cli.report.tables import _METRIC, _headline, label
+from cml_cli.report.tables import _METRIC, Table, label
 
-KIND_COLORS = {"cml": "#c0392b", "ablation": "#2e86c1", "baseline": "#7f8c8d", "custom": "#27ae60"}
-KIND_LABELS = {"cml": "full CML", "ablation": "CML ablation", "baseline": "baseline", "custom": "custom variant"}
+KIND_COLORS = {"cml": "#c0392b", "ablation": "#2e86c1", "baseline": "#7f8c8d", "peer": "#8e44ad",
+               "custom": "#27ae60"}
+KIND_LABELS = {"cml": "full CML", "ablation": "CML ablation", "baseline": "baseline", "peer": "multi-behavior peer",
+               "custom": "custom variant"}
 
 
 def _pyplot():
@@ -35,20 +37,20 @@ def _palette(plt, n: int) -> list:
     return [colors[i % len(colors)] for i in range(n)]
 
 
-def _seeds_text(table: dict) -> str:
-    seeds = table["seeds"]
-    counts = {r["n_ok"] for r in table["rows"] if r["n_ok"]}
+def _seeds_text(table: Table) -> str:
+    seeds = table.seeds
+    counts = {r.n_ok for r in table.rows if r.n_ok}
     text = f"seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds))}"
     if len(counts) > 1:
         text += " (not every variant ran every seed)"
     return text
 
 
-def _subtitle(table: dict) -> str:
-    protocol = table.get("protocol")
+def _subtitle(table: Table) -> str:
+    protocol = table.protocol
     text = {"strict": "strict protocol (epoch chosen on validation, test evaluated once)",
             "paper": "paper protocol (best epoch on test: optimistic)"}.get(protocol, f"protocol {protocol}")
-    return f"{table['evaluation']}\n{text}; {_seeds_text(table)}"
+    return f"{table.evaluation}\n{text}; {_seeds_text(table)}"
 
 
 def _save(fig, out_dir: Path, stem: str) -> list[Path]:
@@ -58,41 +60,41 @@ def _save(fig, out_dir: Path, stem: str) -> list[Path]:
     return paths
 
 
-def plot_bars(table: dict, out_dir: Path) -> list[Path]:
+def plot_bars(table: Table, out_dir: Path) -> list[Path]:
     """Horizontal bars of HR@10 and NDCG@10 per variant, error bars ± one std over seeds."""
     plt = _pyplot()
-    head = _headline(table)
-    rows = table["rows"]
+    head = table.headline()
+    rows = table.rows
     n = len(rows)
     fig, axes = plt.subplots(1, len(head), figsize=(5.2 * len(head) + 1.5, 1.2 + 0.42 * n), sharey=True,
                              squeeze=False)
     y = np.arange(n)
     for ax, m in zip(axes[0], head, strict=True):
-        means = np.array([r["metrics"].get(m, {}).get("mean") or 0.0 for r in rows])
-        stds = np.array([r["metrics"].get(m, {}).get("std") or 0.0 for r in rows])
-        colors = [KIND_COLORS.get(r["kind"], KIND_COLORS["custom"]) for r in rows]
+        means = np.array([r.cell(m).mean or 0.0 for r in rows])
+        stds = np.array([r.cell(m).std or 0.0 for r in rows])
+        colors = [KIND_COLORS.get(r.kind, KIND_COLORS["custom"]) for r in rows]
         ax.barh(y, means, xerr=stds, color=colors, alpha=0.9, capsize=3, error_kw={"elinewidth": 1})
         top = max((means + stds).max(), 1e-6) if n else 1.0
-        varying = len({r["n_ok"] for r in rows if r["n_ok"]}) > 1
+        varying = len({r.n_ok for r in rows if r.n_ok}) > 1
         for i, r in enumerate(rows):
-            cell = r["metrics"].get(m, {})
-            text = r["status"] if cell.get("mean") is None else f"{cell['mean']:.3f}"
-            if varying and cell.get("mean") is not None:
-                text += f" (n={r['n_ok']})"
+            cell = r.cell(m)
+            text = r.status if cell.mean is None else f"{cell.mean:.3f}"
+            if varying and cell.mean is not None:
+                text += f" (n={r.n_ok})"
             ax.text(means[i] + stds[i] + top * 0.01, i, text, va="center", fontsize=8)
         ax.set_xlim(0, top * 1.18)
         ax.set_xlabel(f"test {label(m)} (fraction, 0–1; higher is better)")
         ax.grid(axis="x", alpha=0.3)
         ax.set_title(label(m))
     axes[0][0].set_yticks(y)
-    axes[0][0].set_yticklabels([r["variant"] for r in rows])
+    axes[0][0].set_yticklabels([r.variant for r in rows])
     axes[0][0].invert_yaxis()
     axes[0][0].set_ylabel("variant")
-    kinds = list(dict.fromkeys(r["kind"] for r in rows))
+    kinds = list(dict.fromkeys(r.kind for r in rows))
     handles = [plt.Rectangle((0, 0), 1, 1, color=KIND_COLORS.get(k, KIND_COLORS["custom"])) for k in kinds]
     fig.legend(handles, [KIND_LABELS.get(k, k) for k in kinds], loc="lower center", ncol=len(kinds),
                bbox_to_anchor=(0.5, -0.02 - 0.3 / max(n, 1)), frameon=False)
-    fig.suptitle(f"{table.get('dataset')}: test {' and '.join(map(label, head))} by variant (mean ± std)\n"
+    fig.suptitle(f"{table.dataset}: test {' and '.join(map(label, head))} by variant (mean ± std)\n"
                  f"{_subtitle(table)}", fontsize=10)
     fig.tight_layout()
     paths = _save(fig, out_dir, "bars")
@@ -117,16 +119,16 @@ def _history(run_dir: Path, split: str, metric: str) -> list[tuple[int, float]]:
     return out
 
 
-def plot_validation(table: dict, grid_dir: Path, out_dir: Path, metric: str = "hr@10") -> list[Path]:
+def plot_validation(table: Table, grid_dir: Path, out_dir: Path, metric: str = "hr@10") -> list[Path]:
     """Validation ``metric`` per epoch per variant (mean over seeds, band min–max); models fitted
     in one step (a single epoch) as dashed horizontal lines. Returns [] without validation
     metrics, or when every run trained for one epoch only."""
     plt = _pyplot()
     runs_by_variant: dict[str, list[str]] = {}
-    for r in table["runs"]:
+    for r in table.runs:
         if r["status"] == "ok" or r["status"] == "missing":
             runs_by_variant.setdefault(r["variant"], []).append(r["run"])
-    rows = [r for r in table["rows"] if not r["note"]]
+    rows = [r for r in table.rows if not r.note]
     colors = _palette(plt, len(rows))
     fig, ax = plt.subplots(figsize=(9.5, 5.2))
     drawn = 0
@@ -134,19 +136,19 @@ def plot_validation(table: dict, grid_dir: Path, out_dir: Path, metric: str = "h
     curves = {}
     for r in rows:
         series = [dict(_history(Path(grid_dir) / run, "valid", metric))
-                  for run in runs_by_variant.get(r["variant"], [])]
+                  for run in runs_by_variant.get(r.variant, [])]
         series = [s for s in series if s]
         if series:
-            curves[r["variant"]] = series
+            curves[r.variant] = series
             max_epoch = max(max_epoch, *(max(s) for s in series))
     if max_epoch < 2:  # every run trained one epoch: there is no curve to draw
         plt.close(fig)
         return []
     for i, r in enumerate(rows):
-        series = curves.get(r["variant"])
+        series = curves.get(r.variant)
         if not series:
             continue
-        is_ref = r["variant"] == table["reference"]
+        is_ref = r.variant == table.reference
         color = KIND_COLORS["cml"] if is_ref else colors[i]
         epochs = sorted(set().union(*series))
         values = np.array([[s.get(e, np.nan) for e in epochs] for s in series])
@@ -156,9 +158,9 @@ def plot_validation(table: dict, grid_dir: Path, out_dir: Path, metric: str = "h
         width = 2.6 if is_ref else 1.4
         if len(epochs) == 1:
             ax.hlines(mean[0], 1, max_epoch, colors=[color], linestyles="--", linewidth=width,
-                      label=f"{r['variant']} (single epoch)")
+                      label=f"{r.variant} (single epoch)")
         else:
-            ax.plot(epochs, mean, color=color, linewidth=width, label=r["variant"], zorder=3 if is_ref else 2,
+            ax.plot(epochs, mean, color=color, linewidth=width, label=r.variant, zorder=3 if is_ref else 2,
                     marker="o" if len(epochs) <= 30 else None, markersize=3)
             if len(series) > 1 and is_ref:
                 ax.fill_between(epochs, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=color,
@@ -176,46 +178,46 @@ def plot_validation(table: dict, grid_dir: Path, out_dir: Path, metric: str = "h
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
-    band = f"; band: min–max of {table['reference']} over seeds" if len(table["seeds"]) > 1 else ""
-    ax.set_title(f"{table.get('dataset')}: validation {label(metric)} per epoch (mean over seeds{band})\n"
-                 f"{table['evaluation']}\n{_seeds_text(table)}", fontsize=10)
+    band = f"; band: min–max of {table.reference} over seeds" if len(table.seeds) > 1 else ""
+    ax.set_title(f"{table.dataset}: validation {label(metric)} per epoch (mean over seeds{band})\n"
+                 f"{table.evaluation}\n{_seeds_text(table)}", fontsize=10)
     fig.tight_layout()
     paths = _save(fig, out_dir, f"valid_{metric.replace('@', '')}")
     plt.close(fig)
     return paths
 
 
-def plot_cutoffs(table: dict, out_dir: Path) -> list[Path]:
+def plot_cutoffs(table: Table, out_dir: Path) -> list[Path]:
     """HR@N and NDCG@N against N (test, mean over seeds), one line per variant."""
     plt = _pyplot()
     fams: dict[str, list[tuple[int, str]]] = {}
-    for m in table["metrics"]:
+    for m in table.metrics:
         mm = _METRIC.match(m)
         if mm and mm.group(1) in ("hr", "ndcg"):
             fams.setdefault(mm.group(1), []).append((int(mm.group(2)), m))
     fams = {f: sorted(v) for f, v in fams.items() if len(v) >= 2}
     if not fams:
         return []
-    rows = [r for r in table["rows"] if not r["note"]]
+    rows = [r for r in table.rows if not r.note]
     colors = _palette(plt, len(rows))
     fig, axes = plt.subplots(1, len(fams), figsize=(6.2 * len(fams) + 1.8, 4.8), squeeze=False)
     for ax, (fam, ms) in zip(axes[0], fams.items(), strict=True):
         ks = [k for k, _ in ms]
         for i, r in enumerate(rows):
-            ys = [r["metrics"][m]["mean"] for _, m in ms]
+            ys = [r.cell(m).mean for _, m in ms]
             if all(v is None for v in ys):
                 continue
-            is_ref = r["variant"] == table["reference"]
+            is_ref = r.variant == table.reference
             ax.plot(ks, [np.nan if v is None else v for v in ys], marker="o", markersize=3.5,
                     linewidth=2.6 if is_ref else 1.3, color=KIND_COLORS["cml"] if is_ref else colors[i],
-                    linestyle="--" if r["kind"] == "baseline" else "-", label=r["variant"], zorder=3 if is_ref else 2)
+                    linestyle="--" if r.kind in ("baseline", "peer") else "-", label=r.variant, zorder=3 if is_ref else 2)
         ax.set_xticks(ks)
         ax.set_xlabel("N (length of the ranked list, items)")
         ax.set_ylabel(f"test {fam.upper()}@N (fraction, 0–1)")
         ax.set_title(f"{fam.upper()}@N")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
-    fig.suptitle(f"{table.get('dataset')}: test {' and '.join(f.upper() + '@N' for f in fams)} against N "
+    fig.suptitle(f"{table.dataset}: test {' and '.join(f.upper() + '@N' for f in fams)} against N "
                  f"(mean over seeds; baselines dashed)\n{_subtitle(table)}", fontsize=10)
     fig.tight_layout()
     paths = _save(fig, out_dir, "cutoffs")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 from cml_cli.config import RunConfig
 from cml_cli.data.dataset import MultiBehaviorDataset
 from cml_cli.data.store import (
+    check_name,
     check_writable_dir,
     load_dataset,
     read_manifest,
@@ -23,11 +23,12 @@ from cml_cli.data.store import (
     write_json_atomic,
 )
 from cml_cli.errors import InputError, NonFiniteLoss, RunError
-from cml_cli.evaluate import evaluate_sampled
+from cml_cli.evaluate import evaluate_full, evaluate_sampled
+from cml_cli.registry import make_trainer
 from cml_cli.train.checkpoint import load_checkpoint, save_checkpoint
-from cml_cli.train.meta import CMLTrainer
 from cml_cli.train.progress import NullProgress, Progress
 from cml_cli.train.rundir import RunDir
+from cml_cli.train.trainer import Trainer
 
 SELECT = "ndcg@10"
 
@@ -38,20 +39,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {name}: CUDA is not available on this machine")
     return torch.device(name)
-
-
-def make_trainer(ds: MultiBehaviorDataset, cfg: RunConfig, device: torch.device):
-    """CML's trainer or a baseline's. Every trainer has ``device``, ``trainable`` (False for
-    models fitted in the constructor, which then run a single epoch), ``batches(rng)`` (one
-    epoch's row batches), ``train_batch(rows, rng) -> {"loss": ...}``, ``end_epoch()``,
-    ``scorer()`` (``score(users, items)`` and ``score_all(users)``), ``state_dict()`` /
-    ``load_state_dict()`` for resume, and ``model_state()`` / ``load_model_state()``, where
-    ``model_state()``'s keys are a subset of ``state_dict()``'s."""
-    if cfg.model == "cml":
-        return CMLTrainer(ds, cfg, device)
-    from cml_cli.model.baselines import make_baseline
-
-    return make_baseline(ds, cfg, device)
 
 
 def default_run_name(dataset: str, cfg: RunConfig) -> str:
@@ -80,34 +67,37 @@ def train(
     """Train a fresh run of ``cfg`` on a processed dataset; returns the final metrics.
 
     The run directory is locked before anything in it is written or deleted (``--force``
-    included), so a second process on the same directory fails without touching it."""
+    included), so a second process on the same directory fails without touching it. An
+    existing directory is replaced only with ``force`` and only if it is a run directory
+    (it has a run manifest). A run that fails before its first epoch is complete leaves
+    nothing behind: the files it wrote are removed (and the directory, if it made it)."""
     cfg.validate()
+    if name is not None:
+        check_name(name, "--name")
     check_writable_dir(Path(runs_dir), "runs directory")
     ds_dir = resolve_dataset_dir(dataset, data_dir)
     ds_manifest = read_manifest(ds_dir)
     run = RunDir(Path(runs_dir) / (name or default_run_name(ds_manifest["name"], cfg)))
-    if not run.is_empty() and not force:
-        raise InputError(f"{run.path}: run directory exists (use --resume {run.path} to continue, "
-                         "--force to start over, or another --name)")
+    run.check_replaceable(force)
     device = resolve_device(cfg.device)
-    ds = _load(ds_dir, cfg)  # verified (checksums) before the run directory is touched
+    ds = load_run_dataset(ds_dir, cfg)  # verified (checksums) before the run directory is touched
+    created = not run.path.exists()
     run.create()
     run.lock()
     try:
-        if not run.is_empty():  # checked again under the lock: another process may have started it
-            if not force:
-                raise InputError(f"{run.path}: run directory exists (use --resume {run.path} to continue, "
-                                 "--force to start over, or another --name)")
-            for child in run.path.iterdir():
-                if child.name != ".lock":
-                    shutil.rmtree(child) if child.is_dir() else child.unlink()
-        run.checkpoints.mkdir(parents=True, exist_ok=True)
-        # Config and manifest first, so a run killed at any later point can be resumed.
-        run.write_config(cfg)
-        run.write_manifest(ds_manifest["name"], ds_manifest["files"]["arrays.npz"], cfg, str(device))
-        rng = _seed_everything(cfg.seed)
-        trainer = make_trainer(ds, cfg, device)
-        return _fit(run, ds, cfg, trainer, rng, _fresh_state(), progress or NullProgress())
+        run.check_replaceable(force)  # again under the lock: another process may have started it
+        run.clear()
+        try:
+            # The manifest first: it is what makes the directory a run directory.
+            run.write_manifest(ds_manifest["name"], ds_dir, ds_manifest["files"]["arrays.npz"], cfg, str(device))
+            run.write_config(cfg)
+            rng = _seed_everything(cfg.seed)
+            trainer = make_trainer(ds, cfg, device)
+            return _fit(run, ds, cfg, trainer, rng, _fresh_state(), progress or NullProgress())
+        except BaseException:
+            if not run.last.is_file():
+                run.discard(remove_dir=created)
+            raise
     finally:
         run.unlock()
 
@@ -121,21 +111,16 @@ def resume(run_path: Path, *, data_dir: Path | None = None, progress: Progress |
     """Continue an interrupted run from its last complete checkpoint (``previous`` if the
     last one is corrupt or missing); the result equals an uninterrupted run's."""
     run = RunDir(run_path)
-    if not run.path.is_dir():
-        raise InputError(f"{run.path}: no such run directory")
+    run.check_is_run()  # before the lock: nothing is written into a directory that is not a run's
     run.lock()
     try:
         cfg = run.read_config()
-        manifest = run.read_manifest()
         if epochs is not None:
             cfg.epochs = epochs
             cfg.validate()
-        ds_dir = resolve_dataset_dir(manifest["dataset"], data_dir)
-        ds_manifest = read_manifest(ds_dir)
-        if ds_manifest["files"]["arrays.npz"] != manifest["dataset_checksum"]:
-            raise InputError(f"{ds_dir}: dataset changed since the run started (checksum differs)")
+        ds_dir = run.dataset_dir(data_dir)
         device = resolve_device(cfg.device)
-        ds = _load(ds_dir, cfg)
+        ds = load_run_dataset(ds_dir, cfg)
         rng = _seed_everything(cfg.seed)
         trainer = make_trainer(ds, cfg, device)
         run.remove_temporaries()
@@ -157,7 +142,8 @@ def resume(run_path: Path, *, data_dir: Path | None = None, progress: Progress |
         run.unlock()
 
 
-def _load(ds_dir: Path, cfg: RunConfig) -> MultiBehaviorDataset:
+def load_run_dataset(ds_dir: Path, cfg: RunConfig) -> MultiBehaviorDataset:
+    """The processed dataset in ``ds_dir`` with the behaviors ``cfg`` keeps."""
     ds = load_dataset(ds_dir)
     if cfg.behaviors is not None:
         ds = ds.with_behaviors(cfg.behaviors)
@@ -225,15 +211,14 @@ def _last_good_checkpoint(run: RunDir) -> dict | None:
     return None
 
 
-def _fit(run: RunDir, ds: MultiBehaviorDataset, cfg: RunConfig, trainer, rng: np.random.Generator,
+def _fit(run: RunDir, ds: MultiBehaviorDataset, cfg: RunConfig, trainer: Trainer, rng: np.random.Generator,
          state: dict, progress: Progress) -> dict[str, Any]:
     ks = _eval_ks(cfg)
-    if not getattr(trainer, "trainable", True):
-        cfg.epochs = 1
+    epochs = cfg.epochs if trainer.trainable else 1
     has_valid = len(ds.valid) > 0
     select_on = "test" if cfg.protocol == "paper" else ("valid" if has_valid else None)
-    progress.start(cfg.epochs, state["epoch"])
-    stop = state["epoch"] >= cfg.epochs or (select_on is not None and cfg.patience and state["bad"] > cfg.patience)
+    progress.start(epochs, state["epoch"])
+    stop = state["epoch"] >= epochs or (select_on is not None and cfg.patience and state["bad"] > cfg.patience)
     while not stop:
         epoch = state["epoch"] + 1
         started = time.perf_counter()
@@ -278,19 +263,19 @@ def _fit(run: RunDir, ds: MultiBehaviorDataset, cfg: RunConfig, trainer, rng: np
                                    "torch_rng": torch.get_rng_state(), "cuda_rng": cuda_rng, "loop": state})
         run.append_log(row)
         progress.end_epoch(row)
-        stop = epoch >= cfg.epochs or (select_on is not None and cfg.patience > 0 and state["bad"] > cfg.patience)
+        stop = epoch >= epochs or (select_on is not None and cfg.patience > 0 and state["bad"] > cfg.patience)
     progress.stop()
     return _finish(run, ds, cfg, trainer, state, ks, has_valid)
 
 
 def _kept(run: RunDir, state: dict) -> str:
     if state["epoch"] == 0:
-        return "No checkpoint was written (the loss diverged in the first epoch: try a smaller lr)."
+        return "No epoch completed, so nothing was kept (the loss diverged in the first epoch: try a smaller lr)."
     return (f"The last good checkpoint is kept: {run.last} (epoch {state['epoch']}); metrics so far in "
             f"{run.log}.")
 
 
-def _finish(run: RunDir, ds: MultiBehaviorDataset, cfg: RunConfig, trainer, state: dict, ks: list[int],
+def _finish(run: RunDir, ds: MultiBehaviorDataset, cfg: RunConfig, trainer: Trainer, state: dict, ks: list[int],
             has_valid: bool) -> dict[str, Any]:
     if run.best.is_file():
         best = load_checkpoint(run.best)
@@ -312,12 +297,13 @@ def _finish(run: RunDir, ds: MultiBehaviorDataset, cfg: RunConfig, trainer, stat
     }
     if cfg.protocol == "paper":
         best = history[state["best_epoch"] - 1]
-        result["test"] = best["test"]
+        result["test"] = dict(best["test"])
         result["test_selection"] = "best epoch on the test split (paper protocol; optimistic)"
     else:
         result["test"] = evaluate_sampled(scorer, ds.test, ks, cfg.eval_batch, trainer.device)
         result["test_selection"] = "epoch selected on validation, test evaluated once" if has_valid else \
             "last epoch (no validation split), test evaluated once"
+    result["test"]["full"] = evaluate_full(scorer, ds, "test", ks, device=trainer.device)
     result["valid"] = evaluate_sampled(scorer, ds.valid, ks, cfg.eval_batch, trainer.device) if has_valid else {}
     write_json_atomic(run.final, result)
     return result

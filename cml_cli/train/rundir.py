@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -23,7 +24,15 @@ import torch
 
 from cml_cli import __version__
 from cml_cli.config import RunConfig, apply_overrides, config_to_toml, load_toml
-from cml_cli.data.store import check_writable_dir, write_json_atomic, write_text_atomic
+from cml_cli.data.store import (
+    ARRAYS,
+    MANIFEST,
+    check_writable_dir,
+    read_manifest,
+    resolve_dataset_dir,
+    write_json_atomic,
+    write_text_atomic,
+)
 from cml_cli.errors import InputError
 
 
@@ -96,6 +105,73 @@ class RunDir:
         f.flush()
         self._lock_file = f
 
+    def holder(self) -> int | None:
+        """The pid of the process holding this run's lock, or None (nothing is created)."""
+        try:
+            f = open(self.path / ".lock")
+        except OSError:
+            return None
+        with f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                text = f.read().strip()[:20]
+                return int(text) if text.isdigit() else -1
+            fcntl.flock(f, fcntl.LOCK_UN)
+        return None
+
+    def is_run(self) -> bool:
+        """Does the directory hold a run (a readable run manifest)?"""
+        try:
+            self.read_manifest()
+        except InputError:
+            return False
+        return True
+
+    def check_is_run(self) -> None:
+        """An :class:`InputError` unless this is a run directory with its config."""
+        if not self.path.is_dir():
+            raise InputError(f"{self.path}: no such run directory")
+        if not self.manifest.is_file() or not self.config.is_file():
+            raise InputError(f"{self.path}: not a run directory (no manifest.json and config.toml)")
+
+    def check_replaceable(self, force: bool) -> None:
+        """May a new run start here? Yes when the directory is missing or empty, or, with
+        ``force``, when it is a run directory that no process is using."""
+        if self.is_empty():
+            return
+        pid = self.holder()
+        if pid is not None:
+            who = f" (pid {pid})" if pid > 0 else ""
+            raise InputError(f"{self.path}: another cml process{who} is using this run directory; nothing was "
+                             "changed (wait for it to finish, or stop it first)")
+        if not force:
+            raise InputError(f"{self.path}: run directory exists (use --resume {self.path} to continue, "
+                             "--force to start over, or another --name)")
+        if not self.is_run():
+            raise InputError(f"{self.path}: exists and is not a run directory (no run manifest); --force only "
+                             "replaces run directories, so nothing was changed")
+
+    def clear(self) -> None:
+        """Remove everything but the lock (call with the lock held, after :meth:`check_replaceable`)."""
+        for child in self.path.iterdir():
+            if child.name != ".lock":
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+
+    def discard(self, remove_dir: bool) -> None:
+        """Remove a run that never completed an epoch: the files a run writes and, with
+        ``remove_dir``, the directory itself when nothing else is left in it."""
+        for path in (self.final, self.log, self.config, self.manifest):
+            path.unlink(missing_ok=True)
+        shutil.rmtree(self.checkpoints, ignore_errors=True)
+        if remove_dir:
+            (self.path / ".lock").unlink(missing_ok=True)
+            try:
+                self.path.rmdir()
+            except OSError:
+                pass
+
     def unlock(self) -> None:
         if self._lock_file is not None:
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)
@@ -138,11 +214,13 @@ class RunDir:
             msg = str(e)
             raise InputError(msg if str(self.config) in msg else f"{self.config}: {msg}") from None
 
-    def write_manifest(self, dataset: str, dataset_checksum: str, cfg: RunConfig, device: str) -> None:
+    def write_manifest(self, dataset: str, dataset_dir: Path, dataset_checksum: str, cfg: RunConfig,
+                       device: str) -> None:
         write_json_atomic(self.manifest, {
             "cml_version": __version__,
             "git_revision": git_revision(),
             "dataset": dataset,
+            "dataset_dir": str(Path(dataset_dir).resolve()),
             "dataset_checksum": dataset_checksum,
             "model": cfg.model,
             "seed": cfg.seed,
@@ -166,6 +244,21 @@ class RunDir:
             raise InputError(f"{self.manifest}: corrupt (no dataset or dataset_checksum)")
         return manifest
 
+    def dataset_dir(self, data_dir: Path | None = None) -> Path:
+        """The run's dataset, checked to be the one it was trained on (same checksum): under
+        ``data_dir`` when given, else where the run found it (recorded in its manifest), else
+        under the default data directory."""
+        manifest = self.read_manifest()
+        recorded = manifest.get("dataset_dir")
+        if data_dir is None and isinstance(recorded, str) and (Path(recorded) / MANIFEST).is_file():
+            path = Path(recorded)
+        else:
+            path = resolve_dataset_dir(manifest["dataset"], data_dir)
+        if read_manifest(path)["files"][ARRAYS] != manifest["dataset_checksum"]:
+            raise InputError(f"{path}: dataset changed since the run was trained (checksum differs from "
+                             f"{self.manifest}); preprocess it again as it was, or train a new run")
+        return path
+
     def write_log(self, history: list[dict]) -> None:
         """Rewrite ``metrics.jsonl`` from the checkpointed history (atomically)."""
         write_text_atomic(self.log, "".join(json.dumps(row) + "\n" for row in history))
@@ -176,10 +269,3 @@ class RunDir:
             f.flush()
             os.fsync(f.fileno())
 
-    def read_final(self) -> dict | None:
-        if not self.final.is_file():
-            return None
-        try:
-            return json.loads(self.final.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None

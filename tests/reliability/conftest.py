@@ -80,7 +80,7 @@ class Children:
 def children(tmp_path_factory) -> Children:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "torch_geometric", "cml_cli.cli", "cml_cli.train.loop",
-                                "cml_cli.train.meta", "reliability_workers"])
+                                "cml_cli.train.cml_trainer", "reliability_workers"])
     return Children(ctx, tmp_path_factory.mktemp("children"))
 
 

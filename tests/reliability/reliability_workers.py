@@ -118,7 +118,7 @@ def _install_pause(spec: dict) -> None:
 
 
 def _install_nan(spec: dict) -> None:
-    from cml_cli.train.meta import CMLTrainer
+    from cml_cli.train.cml_trainer import CMLTrainer
 
     real_batch, real_end = CMLTrainer.train_batch, CMLTrainer.end_epoch
     count = {"epoch": 1, "batch": 0}

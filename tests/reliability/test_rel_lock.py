@@ -38,7 +38,8 @@ def test_second_process_refuses_and_changes_nothing(children, cml, data_dir, ref
         assert "Traceback" not in forced.stderr and forced.stdout == ""
 
         # In this process (a separate open file description, so flock conflicts as well).
-        assert_clean_error(cml(*train_argv(data_dir, runs, "busy")), 2, "run directory exists")
+        # Without --force too: the error names the process using the run (issue 12, row 11).
+        assert_clean_error(cml(*train_argv(data_dir, runs, "busy")), 2, "another cml process", f"pid {pid}")
         assert_clean_error(cml(*train_argv(data_dir, runs, "busy", "--force")), 2, "another cml process",
                            "nothing was changed")
         assert_clean_error(cml(*resume_argv(data_dir, run)), 2, "another cml process")

@@ -26,7 +26,7 @@ def no_work(monkeypatch):
         raise AssertionError("work started before the output directory was checked")
 
     monkeypatch.setattr(synthetic, "read", boom)
-    monkeypatch.setattr(loop, "_load", boom)
+    monkeypatch.setattr(loop, "load_run_dataset", boom)
 
 
 def _under_a_file(tmp_path: Path) -> Path:

@@ -10,11 +10,11 @@ from torch.optim.lr_scheduler import CyclicLR
 
 from cml_cli.config import RunConfig
 from cml_cli.data.dataset import MultiBehaviorDataset
-from cml_cli.data.sampling import BehaviorIndex
+from cml_cli.data.sampling import TripleSampler
 from cml_cli.errors import NonFiniteLoss
 from cml_cli.evaluate import EmbeddingScorer
 from cml_cli.model.cml import CML, Batch, Triples
-from cml_cli.model.encoder import BehaviorGraph
+from cml_cli.model.propagation import BehaviorGraph
 
 ADAM_EPS = 1e-8
 
@@ -30,10 +30,8 @@ class CMLSampler:
 
     def __init__(self, ds: MultiBehaviorDataset, cfg: RunConfig, device: torch.device):
         self.cfg, self.device = cfg, device
-        self.index = [BehaviorIndex(ds.train[b].user, ds.train[b].item, ds.n_users, ds.n_items)
-                      for b in ds.behaviors]
-        target = ds.train[ds.target]
-        self.user, self.item = target.user, target.item
+        self.triples = TripleSampler(ds, cfg.batch, list(range(len(ds.behaviors))), cfg.aux_samples)
+        self.index = [self.triples.index[k] for k in range(len(ds.behaviors))]
         self.meta_users = ds.meta_users
         self.n_users, self.n_items = ds.n_users, ds.n_items
         self.hold_out_everywhere = not any(index.contains(ds.test.user, ds.test.item).any()
@@ -41,8 +39,7 @@ class CMLSampler:
 
     def epoch(self, rng: np.random.Generator) -> list[np.ndarray]:
         """A shuffled partition of the target training pairs into batches."""
-        perm = rng.permutation(len(self.user))
-        return [perm[lo:lo + self.cfg.batch] for lo in range(0, len(perm), self.cfg.batch)]
+        return self.triples.epoch(rng)
 
     def _tensor(self, a: np.ndarray) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(self.device)
@@ -54,18 +51,8 @@ class CMLSampler:
 
     def batch(self, rows: np.ndarray, rng: np.random.Generator) -> Batch:
         """BPR triples for every behavior from the target pairs ``rows`` (spec §3)."""
-        user, item = self.user[rows], self.item[rows]
-        triples = []
-        for k, index in enumerate(self.index):
-            if k == len(self.index) - 1:
-                u, pos = user, item
-            else:
-                repeated = np.repeat(user, self.cfg.aux_samples)
-                pos, has = index.sample_positive(repeated, rng)
-                u, pos = repeated[has], pos[has]
-            neg = index.sample_negative(u, rng)
-            triples.append(Triples(self._tensor(u), self._tensor(pos), self._tensor(neg)))
-        return Batch(triples, self._ssl_users(user, rng), len(rows),
+        triples = [Triples(*map(self._tensor, t)) for t in self.triples.triples(rows, rng)]
+        return Batch(triples, self._ssl_users(self.triples.user[rows], rng), len(rows),
                      self._held_out(triples, list(range(len(triples)))))
 
     def _held_out(self, triples: list[Triples], sources: list[int]) -> tuple[Tensor, Tensor] | None:
@@ -125,10 +112,11 @@ class CMLTrainer:
 
     def __init__(self, ds: MultiBehaviorDataset, cfg: RunConfig, device: torch.device):
         self.cfg, self.device = cfg, device
+        norm = "symmetric" if cfg.encoder == "lightgcn" else cfg.adj
         self.graph = BehaviorGraph([ds.train[b].user for b in ds.behaviors], [ds.train[b].item for b in ds.behaviors],
-                                   ds.n_users, ds.n_items, norm=cfg.adj, device=device)
+                                   ds.n_users, ds.n_items, norm=norm, device=device)
         self.model = CML(ds.n_users, ds.n_items, len(ds.behaviors), cfg.dim, cfg.layers, cfg.meta_dropout,
-                         cfg.reg, cfg.beta, cfg.contrastive, cfg.act, cfg.ego).to(device)
+                         cfg.reg, cfg.beta, cfg.contrastive, cfg.act, cfg.ego, cfg.encoder).to(device)
         self.sampler = CMLSampler(ds, cfg, device)
         enc, weigher = self.model.encoder.parameters(), self.model.weigher.parameters()
         self.opt = torch.optim.AdamW(enc, lr=cfg.lr, weight_decay=cfg.wd)
