@@ -22,10 +22,11 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check cml_cli tests benchmarks experiments
 
+# A first look: CML against one of its ablations and two simple baselines on built-in data.
 demo: $(STAMP)
 	$(BIN)/cml preprocess --dataset synthetic --size small --data-dir data
-	$(BIN)/cml train --dataset synthetic --data-dir data --name demo --set epochs=15 --quiet --force
-	$(BIN)/cml evaluate runs/demo --ks 1,5,10,20
+	$(BIN)/cml ablate --dataset synthetic --data-dir data --name demo --set epochs=10 \
+		--variants cml,w/o-clf,popularity,itemknn-merged
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_train.py --record

@@ -70,7 +70,7 @@ def read_source(
     preset = dataset_preset(dataset)
     if fmt is None:
         if source is None:
-            if dataset != "synthetic" and fmt != "synthetic":
+            if dataset != "synthetic":
                 raise InputError(f"--source is required for dataset '{dataset}'")
             fmt = "synthetic"
         else:

@@ -10,6 +10,15 @@ import numpy as np
 from cml_cli.data.dataset import Interactions
 from cml_cli.errors import InputError
 
+# Funnel order of the behavior names the published formats use (a dataset has only one of
+# pv / click / view): behaviors found in files are ordered by it, unknown names first.
+FUNNEL_ORDER = ("pv", "click", "view", "fav", "cart", "buy")
+
+
+def funnel_sorted(names) -> list[str]:
+    """Behavior names in :data:`FUNNEL_ORDER` (names it does not know first, alphabetically)."""
+    return sorted(names, key=lambda b: (FUNNEL_ORDER.index(b) if b in FUNNEL_ORDER else -1, b))
+
 
 @dataclass
 class RawData:

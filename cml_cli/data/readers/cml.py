@@ -15,11 +15,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from cml_cli.data.dataset import Interactions
-from cml_cli.data.readers.base import RawData, require_path
+from cml_cli.data.readers.base import RawData, funnel_sorted, require_path
 from cml_cli.data.readers.safepickle import safe_load
 from cml_cli.errors import InputError
 
-FUNNEL_ORDER = ["pv", "click", "view", "fav", "cart", "buy"]
 _TRAIN = [re.compile(r"^trn_(?P<b>[A-Za-z0-9_]+)$"), re.compile(r"^train_mat_(?P<b>[A-Za-z0-9_]+)\.pkl$")]
 _TEST = ["tst_int", "test_mat.pkl", "tst_int.pkl"]
 _META = ["meta_multi_single_beh_user_index_shuffle", "meta_multi_single_beh_user_index_shuffle.pkl"]
@@ -52,7 +51,7 @@ def read(source: Path, behaviors: list[str] | None = None, target: str | None = 
     if not files:
         raise InputError(f"{source}: no trn_<behavior> or train_mat_<behavior>.pkl files")
     if behaviors is None:
-        names = sorted(files, key=lambda b: (FUNNEL_ORDER.index(b) if b in FUNNEL_ORDER else -1, b))
+        names = funnel_sorted(files)
         tgt = target or ("buy" if "buy" in files else None)
         if tgt is None:
             raise InputError(f"{source}: cannot tell the target behavior among {names}; pass --behaviors")

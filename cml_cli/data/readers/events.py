@@ -104,46 +104,12 @@ def read(
         if len(set(behaviors)) != len(behaviors):
             raise InputError(f"behaviors {behaviors} name some behavior twice")
 
-    cols_raw = _Columns()
-    n_rows = 0
-    has_time = None
-    for chunk, row0 in _chunks(source, sep, p):
-        if has_time is None:
-            missing = [c for c in cols.values() if c not in chunk.columns]
-            if time_required and tcol not in chunk.columns:
-                missing.append(tcol)
-            if missing:
-                shown = ", ".join(map(str, list(chunk.columns)[:12]))
-                raise InputError(f"{source}: missing column(s) {missing} (columns: {shown})")
-            has_time = tcol in chunk.columns
-        cols_raw.add(source, chunk, cols, tcol if has_time else None, row0)
-        n_rows += len(chunk)
-    if n_rows == 0:
-        raise InputError(f"{source}: no events (empty file or header only)")
-
+    cols_raw, n_rows, has_time = _read_columns(source, sep, p, cols, tcol, time_required)
     user_raw, n_raw_users = cols_raw.ids("user", source, cols["user"], p.int_ids if p else False)
     item_raw, n_raw_items = cols_raw.ids("item", source, cols["item"], p.int_ids if p else False)
     values, beh_code = cols_raw.behavior()
-    names = np.array([bmap.get(v, v) for v in values], dtype=object)
-    present = sorted(set(names.tolist()))
     explicit = behaviors is not None
-    if behaviors is None:
-        if p is not None and behavior_map is None:
-            behaviors = [b for b in p.behaviors]
-        else:
-            if TARGET not in present:
-                raise InputError(
-                    f"{source}: no '{TARGET}' events among behaviors {present}; pass --behaviors (target last)"
-                )
-            behaviors = [b for b in present if b != TARGET] + [TARGET]
-    known = set(bmap.values()) | set(p.behaviors if p else ())
-    unknown = sorted({str(v) for v, n in zip(values, names, strict=True) if n not in behaviors and n not in known})
-    if unknown:
-        shown = ", ".join(repr(v) for v in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
-        raise InputError(
-            f"{source}: behavior value(s) {shown} in column '{cols['behavior']}' are not among {behaviors}"
-        )
-    code_of = np.array([behaviors.index(n) if n in behaviors else -1 for n in names], dtype=np.int64)
+    behaviors, code_of = _behavior_codes(source, values, bmap, behaviors, p, behavior_map is None, cols["behavior"])
     beh = code_of[beh_code] if beh_code.size else beh_code.astype(np.int64)
     keep = beh >= 0
     n_dropped = int((~keep).sum())
@@ -163,54 +129,19 @@ def read(
     if not (beh == tgt).any():
         raise InputError(f"{source}: no events of the target behavior '{behaviors[-1]}'")
 
-    # De-duplicate (user, item, behavior), keeping the latest event.
-    n_b = len(behaviors)
-    key = (user.astype(np.int64) * max(n_raw_items, 1) + item) * n_b + beh  # int64: no overflow
-    order = np.lexsort((time, key))
-    ks = key[order]
-    last = order[np.r_[ks[1:] != ks[:-1], True]] if ks.size else order
-    n_dups = int(user.size - last.size)
-    user, item, beh, time = user[last], item[last], beh[last], time[last]
-    del key, order, ks, last
-
-    # k-core over all behaviors.
+    n_events = user.size
+    user, item, beh, time = _dedupe(user, item, beh, time, n_raw_items, len(behaviors))
+    n_dups = int(n_events - user.size)
     k = int(kcore or 0)
-    rounds = 0
-    if k > 1:
-        while True:
-            uc = np.bincount(user, minlength=n_raw_users)
-            ic = np.bincount(item, minlength=n_raw_items)
-            ok = (uc[user] >= k) & (ic[item] >= k)
-            if ok.all():
-                break
-            rounds += 1
-            user, item, beh, time = user[ok], item[ok], beh[ok], time[ok]
-            if not user.size:
-                break
-        if not (beh == tgt).any():
-            raise InputError(f"{source}: no '{behaviors[-1]}' events left after {k}-core filtering")
-
-    # Compact ids to 0..n-1 (order preserved).
-    u_ids, user = np.unique(user, return_inverse=True)
-    i_ids, item = np.unique(item, return_inverse=True)
-    user, item = user.astype(np.int64), item.astype(np.int64)
-    n_users, n_items = int(u_ids.size), int(i_ids.size)
-
-    # Leave-one-out: each user's latest target item, for users with >= 2 target items.
-    is_t = beh == tgt
-    tu, ti, tt = user[is_t], item[is_t], time[is_t]
-    order = np.lexsort((ti, tt, tu))
-    su = tu[order]
-    last = np.r_[su[1:] != su[:-1], True]
-    counts = np.bincount(tu, minlength=n_users)
-    pick = order[last & (counts[su] >= 2)]
-    test_user, test_item = tu[pick], ti[pick]
+    user, item, beh, time, rounds = _kcore(user, item, beh, time, k, n_raw_users, n_raw_items)
+    if k > 1 and not (beh == tgt).any():
+        raise InputError(f"{source}: no '{behaviors[-1]}' events left after {k}-core filtering")
+    user, item, n_users, n_items = _compact(user, item)
+    test_user, test_item, drop = _leave_one_out(user, item, beh, time, tgt, n_users)
     if not test_user.size:
         raise InputError(
             f"{source}: no user has two or more distinct '{behaviors[-1]}' items, so there is no test split"
         )
-    drop = np.zeros(user.size, dtype=bool)
-    drop[np.flatnonzero(is_t)[pick]] = True
 
     train: dict[str, Interactions] = {}
     for b, name in enumerate(behaviors):
@@ -230,8 +161,102 @@ def read(
         "n_users_without_test": int(n_users - test_user.size),
         "missing_behaviors": empty,
     }
-    return RawData(list(behaviors), n_users, n_items, train, test_user.astype(np.int64),
-                   test_item.astype(np.int64), None, info=info)
+    return RawData(list(behaviors), n_users, n_items, train, test_user, test_item, None, info=info)
+
+
+Events = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # user, item, behavior code, time
+
+
+def _read_columns(source: Path, sep: str | None, p: EventsPreset | None, cols: dict[str, str], tcol: str,
+                  time_required: bool) -> tuple[_Columns, int, bool]:
+    """Every chunk of the file into per-column codes; the row count; whether there are times."""
+    cols_raw = _Columns()
+    n_rows = 0
+    has_time = None
+    for chunk, row0 in _chunks(source, sep, p):
+        if has_time is None:
+            missing = [c for c in cols.values() if c not in chunk.columns]
+            if time_required and tcol not in chunk.columns:
+                missing.append(tcol)
+            if missing:
+                shown = ", ".join(map(str, list(chunk.columns)[:12]))
+                raise InputError(f"{source}: missing column(s) {missing} (columns: {shown})")
+            has_time = tcol in chunk.columns
+        cols_raw.add(source, chunk, cols, tcol if has_time else None, row0)
+        n_rows += len(chunk)
+    if n_rows == 0:
+        raise InputError(f"{source}: no events (empty file or header only)")
+    return cols_raw, n_rows, bool(has_time)
+
+
+def _behavior_codes(source: Path, values: list[str], bmap: dict[str, str], behaviors: list[str] | None,
+                    p: EventsPreset | None, preset_map: bool, column: str) -> tuple[list[str], np.ndarray]:
+    """The behaviors in order (target last) and, for each distinct raw value, its behavior's
+    index (-1: a known value left out of ``behaviors``, dropped)."""
+    names = np.array([bmap.get(v, v) for v in values], dtype=object)
+    present = sorted(set(names.tolist()))
+    if behaviors is None:
+        if p is not None and preset_map:
+            behaviors = list(p.behaviors)
+        else:
+            if TARGET not in present:
+                raise InputError(
+                    f"{source}: no '{TARGET}' events among behaviors {present}; pass --behaviors (target last)"
+                )
+            behaviors = [b for b in present if b != TARGET] + [TARGET]
+    known = set(bmap.values()) | set(p.behaviors if p else ())
+    unknown = sorted({str(v) for v, n in zip(values, names, strict=True) if n not in behaviors and n not in known})
+    if unknown:
+        shown = ", ".join(repr(v) for v in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+        raise InputError(f"{source}: behavior value(s) {shown} in column '{column}' are not among {behaviors}")
+    return behaviors, np.array([behaviors.index(n) if n in behaviors else -1 for n in names], dtype=np.int64)
+
+
+def _dedupe(user: np.ndarray, item: np.ndarray, beh: np.ndarray, time: np.ndarray, n_items: int,
+            n_behaviors: int) -> Events:
+    """One event per (user, item, behavior): the latest."""
+    key = (user.astype(np.int64) * max(n_items, 1) + item) * n_behaviors + beh  # int64: no overflow
+    order = np.lexsort((time, key))
+    ks = key[order]
+    last = order[np.r_[ks[1:] != ks[:-1], True]] if ks.size else order
+    return user[last], item[last], beh[last], time[last]
+
+
+def _kcore(user: np.ndarray, item: np.ndarray, beh: np.ndarray, time: np.ndarray, k: int, n_users: int,
+           n_items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Repeatedly drop events of users and items with fewer than ``k`` events over all
+    behaviors (``k <= 1``: nothing); also returns the number of rounds."""
+    rounds = 0
+    while k > 1 and user.size:
+        ok = (np.bincount(user, minlength=n_users)[user] >= k) & (np.bincount(item, minlength=n_items)[item] >= k)
+        if ok.all():
+            break
+        rounds += 1
+        user, item, beh, time = user[ok], item[ok], beh[ok], time[ok]
+    return user, item, beh, time, rounds
+
+
+def _compact(user: np.ndarray, item: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """User and item ids renumbered ``0..n-1`` in their original order; and the counts."""
+    u_ids, user = np.unique(user, return_inverse=True)
+    i_ids, item = np.unique(item, return_inverse=True)
+    return user.astype(np.int64), item.astype(np.int64), int(u_ids.size), int(i_ids.size)
+
+
+def _leave_one_out(user: np.ndarray, item: np.ndarray, beh: np.ndarray, time: np.ndarray, target: int,
+                   n_users: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each user's latest target item (ties: the larger item id), for users with at least two
+    target items: ``(test_user, test_item, drop)`` where ``drop`` marks those events."""
+    is_t = beh == target
+    tu, ti, tt = user[is_t], item[is_t], time[is_t]
+    order = np.lexsort((ti, tt, tu))
+    su = tu[order]
+    last = np.r_[su[1:] != su[:-1], True]
+    counts = np.bincount(tu, minlength=n_users)
+    pick = order[last & (counts[su] >= 2)]
+    drop = np.zeros(user.size, dtype=bool)
+    drop[np.flatnonzero(is_t)[pick]] = True
+    return tu[pick].astype(np.int64), ti[pick].astype(np.int64), drop
 
 
 def _kind(source: Path) -> tuple[str, str | None]:

@@ -19,10 +19,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from cml_cli.data.dataset import Interactions
-from cml_cli.data.readers.base import RawData, require_path
+from cml_cli.data.readers.base import RawData, funnel_sorted, require_path
 from cml_cli.errors import InputError
 
-FUNNEL_ORDER = ["view", "click", "pv", "fav", "cart", "buy"]
 TARGETS = ("buy", "purchase")
 TRAIN_TXT = "train.txt"
 TEST_TXT = "test.txt"
@@ -61,7 +60,7 @@ def read(source: Path, behaviors: list[str] | None = None) -> RawData:
         tgt = next((t for t in TARGETS if t in found), None)
         if tgt is None:
             raise InputError(f"{source}: cannot tell the target behavior among {found}; pass --behaviors")
-        names = sorted(found, key=lambda b: (FUNNEL_ORDER.index(b) if b in FUNNEL_ORDER else -1, b))
+        names = funnel_sorted(found)
         behaviors = [b for b in names if b != tgt] + [tgt]
     if not behaviors:
         raise InputError("no behaviors given")
