@@ -10,7 +10,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import cml_command
 
 COMMANDS = ("preprocess", "datasets", "train", "evaluate", "ablate", "report")

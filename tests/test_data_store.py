@@ -128,3 +128,17 @@ def test_arrays_are_plain_npz(tiny, tmp_data_dir):
     with zipfile.ZipFile(path / ARRAYS) as z:
         names = set(z.namelist())
     assert {"test.user.npy", "test.neg.npy", "valid.item.npy", "meta_users.npy", "buy.time.npy"} <= names
+
+
+def test_to_hetero_data(tmp_path):
+    """The README's PyG entry point: one (user, behavior, item) edge type per behavior."""
+    from cml_cli.data.preprocess import preprocess
+
+    _, ds = preprocess("synthetic", data_dir=tmp_path)
+    data = ds.to_hetero_data()
+    assert data["user"].num_nodes == ds.n_users and data["item"].num_nodes == ds.n_items
+    for b in ds.behaviors:
+        edge_index = data["user", b, "item"].edge_index
+        assert edge_index.shape == (2, len(ds.train[b]))
+        assert edge_index[0].tolist() == ds.train[b].user.tolist()
+    assert data["test_item"].tolist() == ds.test.item.tolist()
