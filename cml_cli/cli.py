@@ -94,17 +94,19 @@ def preprocess(
     as_json: bool = JsonOpt,
 ) -> None:
     """Turn published files, an event log or the synthetic generator into a processed dataset."""
-    from cml_cli.data.preprocess import preprocess as run
     from cml_cli.data.store import check_name, check_writable_dir
 
     check_name(name if name is not None else dataset, "--name" if name is not None else "--dataset")
+    behavior_list = _split_list(behaviors, "--behaviors")
     check_writable_dir(_data_dir(data_dir), "--data-dir", parent_must_exist=True)  # before any work
+    from cml_cli.data.preprocess import preprocess as run
+
     events_options = {k: v for k, v in {
         "preset": events_preset, "user_col": user_col, "item_col": item_col,
         "behavior_col": behavior_col, "time_col": time_col, "kcore": kcore or None,
     }.items() if v is not None}
     path, ds = run(dataset, source, fmt=fmt, name=name, data_dir=_data_dir(data_dir), seed=seed,
-                   valid=not no_valid, behaviors=_split_list(behaviors, "--behaviors"), size=size,
+                   valid=not no_valid, behaviors=behavior_list, size=size,
                    events_options=events_options)
     stats = {**ds.stats(), "path": str(path)}
     if as_json:
@@ -143,6 +145,7 @@ def _metrics_table(result: dict, title: str) -> Table:
     return table
 
 
+OUTPUTS = ("table", "json", "csv")
 TRAIN_ONLY = ("--dataset", "--preset", "--config", "--set", "--patience", "--seed", "--device", "--protocol",
               "--name", "--force")
 
@@ -171,22 +174,22 @@ def train_cmd(
 ) -> None:
     """Train CML (or a baseline) with a preset, checkpoints and progress."""
     from cml_cli.config import dataset_preset_name, parse_set, resolve_config
-    from cml_cli.data.store import check_writable_dir, read_manifest, resolve_dataset_dir
-    from cml_cli.train.loop import resume as resume_run
-    from cml_cli.train.loop import train
-    from cml_cli.train.progress import NullProgress, RichProgress
+    from cml_cli.data.store import check_name, check_writable_dir, read_manifest, resolve_dataset_dir
+    from cml_cli.train.rundir import RunDir
 
-    progress = NullProgress() if quiet or as_json else RichProgress(err)
+    # Options are checked before torch is imported: a mistake costs no start-up time.
     if resume is not None:
         given = [opt for opt, value in zip(TRAIN_ONLY, (dataset, preset, config, set_ or None, patience, seed, device,
                                                         protocol, name, force or None)) if value is not None]
         if given:
             raise InputError(f"--resume: cannot be combined with {', '.join(given)} (a run continues with its own "
                              "configuration; --epochs extends it)")
-        result = resume_run(resume, data_dir=data_dir, progress=progress, epochs=epochs)
+        RunDir(resume).check_is_run()
+    elif dataset is None:
+        raise InputError("--dataset is required (or --resume RUN_DIR)")
     else:
-        if dataset is None:
-            raise InputError("--dataset is required (or --resume RUN_DIR)")
+        if name is not None:
+            RunDir(runs_dir / check_name(name, "--name")).check_replaceable(force)
         check_writable_dir(runs_dir, "--runs-dir", parent_must_exist=True)  # before any work
         manifest = read_manifest(resolve_dataset_dir(dataset, data_dir))
         overrides = parse_set(set_)
@@ -195,6 +198,14 @@ def train_cmd(
             if value is not None:
                 overrides[key] = value
         cfg = resolve_config(preset or dataset_preset_name(manifest), config, overrides)
+    from cml_cli.train.loop import resume as resume_run
+    from cml_cli.train.loop import train
+    from cml_cli.train.progress import NullProgress, RichProgress
+
+    progress = NullProgress() if quiet or as_json else RichProgress(err)
+    if resume is not None:
+        result = resume_run(resume, data_dir=data_dir, progress=progress, epochs=epochs)
+    else:
         result = train(dataset, cfg, data_dir=data_dir, runs_dir=runs_dir, name=name, force=force,
                        progress=progress)
     if as_json:
@@ -222,8 +233,6 @@ def evaluate(
 ) -> None:
     """HR@N / NDCG@N with the paper's sampled protocol, or full ranking (Recall/NDCG/HR and
     coverage, personalization, ARP)."""
-    from cml_cli.train.evaluate_run import PROTOCOLS, evaluate_run
-
     if old_protocol is not None:
         _note("`cml evaluate --protocol` is deprecated (train's --protocol is strict|paper): use --ranking")
         ranking = old_protocol
@@ -231,12 +240,15 @@ def evaluate(
         _note("`cml evaluate --format` is deprecated (preprocess's --format is the input format): use --output or "
               "--json")
         output = old_format
-    if ranking not in PROTOCOLS:
-        raise InputError(f"--ranking: '{ranking}' is not one of {', '.join(PROTOCOLS)}")
-    if output not in ("table", "json", "csv"):
-        raise InputError(f"--output: '{output}' is not one of table, json, csv")
+    for option, value, allowed in (("--ranking", ranking, ("sampled", "full")), ("--output", output, OUTPUTS),
+                                   ("--checkpoint", checkpoint, ("best", "last")), ("--split", split, ("test", "valid"))):
+        if value not in allowed:
+            raise InputError(f"{option}: '{value}' is not one of {', '.join(allowed)}")
     output = "json" if as_json else output
-    result = evaluate_run(run_dir, checkpoint=checkpoint, split=split, protocol=ranking, ks=_cutoffs(ks),
+    cutoffs = _cutoffs(ks)
+    from cml_cli.train.evaluate_run import evaluate_run
+
+    result = evaluate_run(run_dir, checkpoint=checkpoint, split=split, protocol=ranking, ks=cutoffs,
                           data_dir=data_dir, device=device)
     if output == "json":
         _print_json(result)

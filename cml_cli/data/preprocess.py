@@ -8,7 +8,7 @@ from pathlib import Path
 from cml_cli.data.dataset import MultiBehaviorDataset, build_dataset
 from cml_cli.data.readers import FORMATS
 from cml_cli.data.readers.base import RawData
-from cml_cli.data.store import save_dataset
+from cml_cli.data.store import check_name, save_dataset
 from cml_cli.errors import InputError
 
 
@@ -118,6 +118,7 @@ def preprocess(
     events_options: dict | None = None,
 ) -> tuple[Path, MultiBehaviorDataset]:
     """Read ``source``, build the dataset (validation split, candidates) and save it."""
+    check_name(name if name is not None else dataset, "--name" if name is not None else "--dataset")
     fmt, raw = read_source(
         dataset, fmt, source, behaviors=behaviors, size=size, seed=seed, events_options=events_options
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cml_cli.data.dataset import Interactions, MultiBehaviorDataset, Split
+from cml_cli.data.dataset import N_NEGATIVES, Interactions, MultiBehaviorDataset, Split
 from cml_cli.errors import InputError
 
 SCHEMA_VERSION = 1
@@ -104,13 +105,43 @@ def check_writable_dir(path: Path, what: str, *, parent_must_exist: bool = False
     Path(tmp).unlink(missing_ok=True)
 
 
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.(?:tmp|old)$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(data_dir: Path) -> list[Path]:
+    """Delete the temporary directories (``.<name>.<pid>.<random>.tmp`` / ``.old``) that a
+    preprocess killed before its final rename left in ``data_dir``, when their process is gone."""
+    removed = []
+    if not Path(data_dir).is_dir():
+        return removed
+    for child in Path(data_dir).iterdir():
+        m = _TEMPORARY.match(child.name)
+        if m and child.is_dir() and not child.is_symlink() and not _alive(int(m.group("pid"))):
+            shutil.rmtree(child, ignore_errors=True)
+            removed.append(child)
+    return removed
+
+
 def save_dataset(ds: MultiBehaviorDataset, data_dir: Path, extra: dict | None = None) -> Path:
-    """Write ``ds`` to ``<data_dir>/<ds.name>/`` atomically; returns that directory."""
+    """Write ``ds`` to ``<data_dir>/<ds.name>/`` atomically; returns that directory. Stale
+    temporaries of killed preprocesses are removed first."""
+    check_name(ds.name, "--name")
     data_dir = Path(data_dir)
     check_writable_dir(data_dir, "data directory")
     data_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(data_dir)
     final = data_dir / ds.name
-    tmp = Path(tempfile.mkdtemp(dir=data_dir, prefix=f".{ds.name}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=data_dir, prefix=f".{ds.name}.{os.getpid()}.", suffix=".tmp"))
     try:
         arrays: dict[str, np.ndarray] = {}
         for b in ds.behaviors:
@@ -141,7 +172,7 @@ def save_dataset(ds: MultiBehaviorDataset, data_dir: Path, extra: dict | None = 
         write_json_atomic(tmp / MANIFEST, manifest)
         fsync_dir(tmp)
         if final.exists():
-            old = Path(tempfile.mkdtemp(dir=data_dir, prefix=f".{ds.name}.", suffix=".old"))
+            old = Path(tempfile.mkdtemp(dir=data_dir, prefix=f".{ds.name}.{os.getpid()}.", suffix=".old"))
             os.replace(final, old / "x")
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
@@ -225,10 +256,70 @@ def load_dataset(name_or_path: str | Path, data_dir: Path | None = None) -> Mult
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise InputError(f"{apath}: unreadable ({e})") from None
     behaviors = list(manifest["behaviors"])
-    try:
-        return _dataset(manifest, behaviors, arrays)
-    except KeyError as e:
-        raise InputError(f"{apath}: array {e} missing (file does not match its manifest)") from None
+    _check_structure(apath, manifest, behaviors, arrays)
+    return _dataset(manifest, behaviors, arrays)
+
+
+def _check_structure(apath: Path, manifest: dict, behaviors: list[str], arrays: dict[str, np.ndarray]) -> None:
+    """The arrays are what the manifest describes: integer ids of matching lengths inside
+    ``[0, n)``, 99 candidates per evaluation row, counts equal to the manifest's, at least one
+    behavior. Anything else is an :class:`InputError` naming the file and the field."""
+    mpath = apath.parent / MANIFEST
+
+    def bad(field: str, why: str, where: Path = apath) -> InputError:
+        return InputError(f"{where}: {field}: {why} (the dataset does not match its manifest; preprocess it again)")
+
+    if not behaviors or len(set(behaviors)) != len(behaviors) or not all(behaviors):
+        raise bad("behaviors", f"expected distinct non-empty names, got {behaviors!r}", mpath)
+    sizes = {}
+    for key in ("n_users", "n_items"):
+        value = manifest[key]
+        if isinstance(value, bool) or value <= 0:
+            raise bad(key, f"expected a positive integer, got {value!r}", mpath)
+        sizes[key] = int(value)
+    if sizes["n_items"] < N_NEGATIVES + 2:
+        raise bad("n_items", f"{sizes['n_items']} items are too few for 1+{N_NEGATIVES} evaluation", mpath)
+
+    def ids(key: str, bound: int, ndim: int = 1) -> np.ndarray:
+        if key not in arrays:
+            raise bad(key, "array missing")
+        a = arrays[key]
+        if a.ndim != ndim or not np.issubdtype(a.dtype, np.integer):
+            raise bad(key, f"expected {ndim}-D integer ids, got {a.ndim}-D {a.dtype}")
+        if a.size and (a.min() < 0 or a.max() >= bound):
+            raise bad(key, f"ids out of range: {int(a.min())}..{int(a.max())}, expected 0..{bound - 1}")
+        return a
+
+    def same_length(keys: list[str]) -> int:
+        lengths = {k: len(arrays[k]) for k in keys}
+        if len(set(lengths.values())) != 1:
+            raise bad(", ".join(keys), f"different lengths {lengths}")
+        return next(iter(lengths.values()))
+
+    counts = manifest.get("train_interactions")
+    for b in behaviors:
+        ids(f"{b}.user", sizes["n_users"])
+        ids(f"{b}.item", sizes["n_items"])
+        keys = [f"{b}.user", f"{b}.item"]
+        if f"{b}.time" in arrays:
+            if arrays[f"{b}.time"].ndim != 1 or not np.issubdtype(arrays[f"{b}.time"].dtype, np.integer):
+                raise bad(f"{b}.time", "expected 1-D integer timestamps")
+            keys.append(f"{b}.time")
+        n = same_length(keys)
+        if isinstance(counts, dict) and counts.get(b) != n:
+            raise bad(f"{b}", f"{n} interactions, the manifest's train_interactions says {counts.get(b)!r}")
+    for split in ("test", "valid"):
+        ids(f"{split}.user", sizes["n_users"])
+        ids(f"{split}.item", sizes["n_items"])
+        neg = ids(f"{split}.neg", sizes["n_items"], ndim=2)
+        if neg.shape[1] != N_NEGATIVES:
+            raise bad(f"{split}.neg", f"{neg.shape[1]} candidates per row, expected {N_NEGATIVES}")
+        n = same_length([f"{split}.user", f"{split}.item", f"{split}.neg"])
+        if len(np.unique(arrays[f"{split}.user"])) != n:
+            raise bad(f"{split}.user", "a user holds more than one held-out item")
+        if manifest.get(f"n_{split}_users") not in (None, n):
+            raise bad(f"{split}", f"{n} users, the manifest's n_{split}_users says {manifest[f'n_{split}_users']!r}")
+    ids("meta_users", sizes["n_users"])
 
 
 def _dataset(manifest: dict, behaviors: list[str], arrays: dict[str, np.ndarray]) -> MultiBehaviorDataset:
@@ -257,6 +348,8 @@ def list_datasets(data_dir: Path | None = None) -> list[dict]:
     base = Path(data_dir) if data_dir is not None else default_data_dir()
     if not base.is_dir():
         return []
+    if os.access(base, os.W_OK):
+        remove_stale_temporaries(base)
     out = []
     for d in sorted(base.iterdir()):
         if d.is_dir() and not d.name.startswith(".") and (d / MANIFEST).is_file():

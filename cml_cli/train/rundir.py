@@ -20,8 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from cml_cli import __version__
 from cml_cli.config import RunConfig, apply_overrides, config_to_toml, load_toml
 from cml_cli.data.store import (
@@ -51,6 +49,8 @@ def git_revision() -> str:
 
 
 def machine() -> dict:
+    import torch
+
     return {
         "host": platform.node(),
         "platform": platform.platform(),

@@ -124,6 +124,18 @@ def reference(children, data_dir, tmp_path_factory) -> dict:
             "epoch_seconds": sum(r["seconds"] for r in raw[1:]) / max(len(raw) - 1, 1)}
 
 
+def installed(*argv, cwd: Path | None = None, timeout: float = 180):
+    """Run the installed ``cml`` entry point (the script beside this Python, else ``-m cml_cli``)."""
+    import subprocess
+
+    script = Path(sys.executable).with_name("cml")
+    command = [str(script)] if script.is_file() and os.access(script, os.X_OK) else [sys.executable, "-m", "cml_cli"]
+    env = {k: v for k, v in os.environ.items() if k != "CML_DATA_DIR"}
+    env["PYTHONWARNINGS"] = "ignore"
+    return subprocess.run([*command, *map(str, argv)], capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          env=env)
+
+
 @dataclass
 class CliResult:
     code: int

@@ -14,6 +14,7 @@ its own process (nothing in ``cml_cli`` knows about them):
           ``{"target": "final"}`` (metrics.json written to its temporary file, not renamed).
 ``pause`` wait after checkpoint ``last`` of epoch E until a file appears (``{"epoch", "ready", "go"}``).
 ``nan``   make the loss of (epoch, batch) NaN: ``{"epoch": E, "batch": B}``.
+``kill_preprocess``  SIGKILL itself half-way through writing a processed dataset's arrays.
 """
 
 from __future__ import annotations
@@ -117,6 +118,23 @@ def _install_pause(spec: dict) -> None:
     loop.save_checkpoint = save
 
 
+def _install_kill_preprocess() -> None:
+    import numpy as np
+
+    real = np.savez_compressed
+
+    def savez(f, *args, **kwargs):
+        buf = io.BytesIO()
+        real(buf, *args, **kwargs)
+        data = buf.getvalue()
+        f.write(data[: len(data) // 2])
+        f.flush()
+        os.fsync(f.fileno())
+        _die()
+
+    np.savez_compressed = savez
+
+
 def _install_nan(spec: dict) -> None:
     from cml_cli.train.cml_trainer import CMLTrainer
 
@@ -156,6 +174,8 @@ def cli_child(argv: list[str], out_dir: str, hooks: dict | None = None) -> None:
         _install_pause(hooks["pause"])
     if hooks.get("nan"):
         _install_nan(hooks["nan"])
+    if hooks.get("kill_preprocess"):
+        _install_kill_preprocess()
     from cml_cli.cli import main
 
     sys.argv = ["cml", *map(str, argv)]
