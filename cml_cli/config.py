@@ -31,6 +31,9 @@ class RunConfig:
     """Embedding size d."""
     layers: int = 3
     """Propagation layers L."""
+    block_layers: list[int] | None = None
+    """Layers of each behavior's block in the cascading peers (MB-CGCN, CRGCN), in the dataset's
+    behavior order (default: ``layers`` for every block)."""
     encoder: str = "cml"
     """CML's encoder: ``cml`` (the paper's: per-layer weights and activation) or ``lightgcn``
     (linear, symmetrically normalised layers, mean over layers; CML's objective unchanged)."""
@@ -146,6 +149,8 @@ class RunConfig:
             raise InputError(f"knn_k, knn_shrink: must be >= 0, got {self.knn_k}, {self.knn_shrink}")
         if self.patience < 0:
             raise InputError(f"patience: must be >= 0, got {self.patience}")
+        if self.block_layers is not None and (not self.block_layers or any(k <= 0 for k in self.block_layers)):
+            raise InputError(f"block_layers: need positive layer counts, got {self.block_layers}")
         if not self.ks or any(k <= 0 for k in self.ks):
             raise InputError(f"ks: need positive cut-offs, got {self.ks}")
         return self
@@ -192,11 +197,11 @@ def _coerce(key: str, raw: Any, annotation: str) -> Any:
     if isinstance(raw, str):
         return _parse_text(key, raw.strip(), annotation)
     if "list" in annotation:
-        if raw is None and key == "behaviors":
+        if raw is None and key in ("behaviors", "block_layers"):
             return None
         if not isinstance(raw, (list, tuple)):
             raise ValueError(f"expected a list, got {raw!r}")
-        return [_coerce(key, v, "int" if key == "ks" else "str") for v in raw]
+        return [_coerce(key, v, "int" if "int" in annotation else "str") for v in raw]
     if "bool" in annotation:
         if not isinstance(raw, bool):
             raise ValueError(f"expected true/false, got {raw!r}")
@@ -214,10 +219,10 @@ def _coerce(key: str, raw: Any, annotation: str) -> Any:
 
 def _parse_text(key: str, text: str, annotation: str) -> Any:
     if "list" in annotation:
-        if text.lower() in ("", "none", "all") and key == "behaviors":
+        if text.lower() in ("", "none", "all") and key in ("behaviors", "block_layers"):
             return None
         parts = [p.strip() for p in text.strip("[]").split(",") if p.strip()]
-        return [_parse_text(key, p, "int") for p in parts] if key == "ks" else parts
+        return [_parse_text(key, p, "int") for p in parts] if "int" in annotation else parts
     if "bool" in annotation:
         if text.lower() in ("1", "true", "yes", "on"):
             return True

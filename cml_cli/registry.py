@@ -39,6 +39,7 @@ class ModelEntry:
 # preset's small cyclic one, which leaves them under-trained within the epoch budget.
 _ADAM = {"lr": 5e-3}
 _BASELINES = "cml_cli.train.baseline_trainers"
+_PEERS = "cml_cli.train.peer_trainers"
 
 MODELS: dict[str, ModelEntry] = {m.name: m for m in (
     ModelEntry("cml", "cml", "cml_cli.train.cml_trainer:CMLTrainer", "full CML"),
@@ -52,6 +53,14 @@ MODELS: dict[str, ModelEntry] = {m.name: m for m in (
                _ADAM, {"merged": False}),
     ModelEntry("lightgcn-merged", "baseline", f"{_BASELINES}:lightgcn_trainer",
                "LightGCN on all behaviors merged into one graph", _ADAM, {"merged": True}),
+    # Settings of the authors' published commands: MB-CGCN (SS-00-SS/MBCGCN README) and CRGCN
+    # (MingshiYan/CRGCN main.py, CRGCN.sh).
+    ModelEntry("mbcgcn", "peer", f"{_PEERS}:mbcgcn_trainer",
+               "MB-CGCN (WWW 2023): cascading LightGCN blocks, BPR on the target",
+               {"dim": 64, "lr": 1e-3, "batch": 2048, "reg": 1e-4, "layers": 3}),
+    ModelEntry("crgcn", "peer", f"{_PEERS}:crgcn_trainer",
+               "CRGCN (TOIS 2023): residual cascade of LightGCN blocks, multi-task BPR",
+               {"dim": 64, "lr": 1e-2, "batch": 1024, "reg": 1e-3, "layers": 1}),
 )}
 
 

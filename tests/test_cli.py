@@ -7,10 +7,10 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import cml_command
 
 COMMANDS = ("preprocess", "datasets", "train", "evaluate", "ablate", "report")
 BLOCK_CLICK = """
@@ -29,9 +29,12 @@ sys.meta_path.insert(0, _NoClick())
 
 
 def _cml(*args: str, cwd: Path, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    """The installed entry point: the ``cml`` script beside this Python."""
+    script = Path(sys.executable).with_name("cml")
+    assert script.is_file(), f"{script}: the package is not installed in this environment (make install)"
     base = {k: v for k, v in os.environ.items() if k != "CML_DATA_DIR"}
     base.update({"PYTHONWARNINGS": "ignore", "COLUMNS": "200"}, **(env or {}))
-    return subprocess.run([*cml_command(), *map(str, args)], capture_output=True, text=True, cwd=cwd, env=base,
+    return subprocess.run([str(script), *map(str, args)], capture_output=True, text=True, cwd=cwd, env=base,
                           timeout=timeout)
 
 
@@ -54,8 +57,6 @@ def test_usage_errors_exit_2_without_traceback(argv, blocked, no_click, tmp_path
 
 
 def test_no_click_is_really_blocked(no_click, tmp_path):
-    import sys
-
     proc = subprocess.run([sys.executable, "-c", "import click"], capture_output=True, text=True,
                           env={**os.environ, **no_click}, cwd=tmp_path)
     assert proc.returncode != 0 and "blocked by the test" in proc.stderr
