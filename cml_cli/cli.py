@@ -1,5 +1,7 @@
 """The ``cml`` command: a thin Typer layer over the Python API.
 
+Commands: preprocess, datasets, train, evaluate, ablate, report, tune.
+
 Contract: ``--json`` prints exactly one JSON object on stdout; tables and progress go to
 stderr. Exit codes: 0 success, 1 failure while running, 2 bad input or usage (one line on
 stderr naming the file or option). Help text is plain (``rich_markup_mode=None``), so
@@ -336,6 +338,72 @@ def report(
         err.print(rich_table(result["table"]))
         err.print(f"report written to {escape(result['out'])}/report.md ({len(result['files'])} files)",
                   highlight=False)
+
+
+@app.command()
+def tune(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Processed dataset name (or path); needs a validation "
+                                "split."),
+    model: str = typer.Option(..., "--model", "-m", help="A model of the registry: cml, itemknn-merged, bpr-mf, "
+                              "lightgcn-target, lightgcn-merged, mbcgcn, crgcn, ..."),
+    trials: Optional[int] = typer.Option(None, "--trials", "-n", help="Trials to run in this invocation [default: 10 "
+                                         "without --timeout]."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop starting trials after this many seconds."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Trials side by side in local processes sharing the storage."),
+    name: Optional[str] = typer.Option(None, "--name", help="Tune directory under --runs-dir [default: "
+                                       "tune-DATASET-MODEL]."),
+    set_: list[str] = typer.Option([], "--set", help="Fix an option of every trial: key=value (repeatable)."),
+    space: Optional[Path] = typer.Option(None, "--space", help="TOML search space [default: the model's, "
+                                         "cml_cli/tune/spaces/MODEL.toml = experiments/search/MODEL.toml]."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage: an RDB URL shared by several "
+                                          "machines [default: TUNE_DIR/study.journal]."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sampler and of every trial's run."),
+    no_prune: bool = typer.Option(False, "--no-prune", help="Never stop a trial early (median pruner by default)."),
+    runs_dir: Path = RunsDir,
+    data_dir: Optional[Path] = DataDir,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Search hyperparameters on validation NDCG@10 (Optuna TPE, median pruner), then train the
+    best configuration and evaluate its test split once."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cml_cli.config import parse_set
+    from cml_cli.tune import run_tune
+
+    overrides = parse_set(set_)
+    display = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       TextColumn("{task.fields[info]}"), console=err, transient=False, disable=as_json)
+    state = {"best": None, "task": None, "done": 0}
+
+    def on_event(kind: str, info: dict) -> None:
+        if state["task"] is None:
+            state["task"] = display.add_task("trials", total=trials, info="")
+        if kind == "trial":
+            state["done"] += 1
+            if info["best_value"] is not None:
+                state["best"] = info["best_value"]
+            value = "" if info["value"] is None else f" {info['value']:.4f}"
+            display.update(state["task"], completed=state["done"], info=f"trial {info['number']} {info['state'].lower()}"
+                           f"{value}; best valid NDCG@10 {state['best'] or 0:.4f}")
+        elif kind == "epoch":
+            display.update(state["task"], info=f"trial {info['number']}: epoch {info['epoch']}; best valid NDCG@10 "
+                           f"{state['best'] or 0:.4f}")
+        elif kind == "best":
+            display.update(state["task"], info=f"best trial {info['number']}: {info['value']:.4f}; training it again "
+                           "with the test split")
+
+    with display:
+        result = run_tune(dataset, model, trials=trials if trials is not None or timeout is not None else 10,
+                          timeout=timeout, jobs=jobs, name=name, overrides=overrides, space=space, storage=storage,
+                          seed=seed, pruner=not no_prune, runs_dir=runs_dir, data_dir=data_dir, on_event=on_event,
+                          command=" ".join(["cml", *sys.argv[1:]]))
+    if as_json:
+        _print_json(result)
+    else:
+        err.print(f"best of {result['trials']} trials: validation NDCG@10 {result['best_value']:.4f} with "
+                  f"{escape(json.dumps(result['best_params']))}; config {escape(result['best_config'])}",
+                  highlight=False)
+        err.print(_metrics_table({"test": result["test"]}, f"{result['best_run']} (best configuration, test once)"))
 
 
 def _usage_errors() -> tuple[type[BaseException], ...]:

@@ -63,8 +63,11 @@ def train(
     name: str | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    evaluate_test: bool = True,
 ) -> dict[str, Any]:
     """Train a fresh run of ``cfg`` on a processed dataset; returns the final metrics.
+    ``evaluate_test=False`` (tuning trials) never computes a test metric: the result holds
+    the validation metrics of the selected epoch only.
 
     The run directory is locked before anything in it is written or deleted (``--force``
     included), so a second process on the same directory fails without touching it. An
@@ -93,7 +96,7 @@ def train(
             run.write_config(cfg)
             rng = _seed_everything(cfg.seed)
             trainer = make_trainer(ds, cfg, device)
-            return _fit(run, ds, cfg, trainer, rng, _fresh_state(), progress or NullProgress())
+            return _fit(run, ds, cfg, trainer, rng, _fresh_state(), progress or NullProgress(), evaluate_test)
         except BaseException:
             if not run.last.is_file():
                 run.discard(remove_dir=created)
@@ -212,7 +215,7 @@ def _last_good_checkpoint(run: RunDir) -> dict | None:
 
 
 def _fit(run: RunDir, ds: MultiBehaviorDataset, cfg: RunConfig, trainer: Trainer, rng: np.random.Generator,
-         state: dict, progress: Progress) -> dict[str, Any]:
+         state: dict, progress: Progress, evaluate_test: bool = True) -> dict[str, Any]:
     ks = _eval_ks(cfg)
     epochs = cfg.epochs if trainer.trainable else 1
     has_valid = len(ds.valid) > 0
@@ -265,7 +268,7 @@ def _fit(run: RunDir, ds: MultiBehaviorDataset, cfg: RunConfig, trainer: Trainer
         progress.end_epoch(row)
         stop = epoch >= epochs or (select_on is not None and cfg.patience > 0 and state["bad"] > cfg.patience)
     progress.stop()
-    return _finish(run, ds, cfg, trainer, state, ks, has_valid)
+    return _finish(run, ds, cfg, trainer, state, ks, has_valid, evaluate_test)
 
 
 def _kept(run: RunDir, state: dict) -> str:
@@ -276,7 +279,7 @@ def _kept(run: RunDir, state: dict) -> str:
 
 
 def _finish(run: RunDir, ds: MultiBehaviorDataset, cfg: RunConfig, trainer: Trainer, state: dict, ks: list[int],
-            has_valid: bool) -> dict[str, Any]:
+            has_valid: bool, evaluate_test: bool = True) -> dict[str, Any]:
     if run.best.is_file():
         best = load_checkpoint(run.best)
         if best.get("epoch") != state["best_epoch"]:
@@ -295,7 +298,10 @@ def _finish(run: RunDir, ds: MultiBehaviorDataset, cfg: RunConfig, trainer: Trai
         "epochs_run": state["epoch"],
         "seconds_per_epoch": float(np.mean([h["seconds"] for h in history])) if history else 0.0,
     }
-    if cfg.protocol == "paper":
+    if not evaluate_test:
+        result["test"] = {}
+        result["test_selection"] = "not evaluated (a tuning trial: selection sees validation only)"
+    elif cfg.protocol == "paper":
         best = history[state["best_epoch"] - 1]
         result["test"] = dict(best["test"])
         result["test_selection"] = "best epoch on the test split (paper protocol; optimistic)"
@@ -303,7 +309,8 @@ def _finish(run: RunDir, ds: MultiBehaviorDataset, cfg: RunConfig, trainer: Trai
         result["test"] = evaluate_sampled(scorer, ds.test, ks, cfg.eval_batch, trainer.device)
         result["test_selection"] = "epoch selected on validation, test evaluated once" if has_valid else \
             "last epoch (no validation split), test evaluated once"
-    result["test"]["full"] = evaluate_full(scorer, ds, "test", ks, device=trainer.device)
+    if evaluate_test:
+        result["test"]["full"] = evaluate_full(scorer, ds, "test", ks, device=trainer.device)
     result["valid"] = evaluate_sampled(scorer, ds.valid, ks, cfg.eval_batch, trainer.device) if has_valid else {}
     write_json_atomic(run.final, result)
     return result

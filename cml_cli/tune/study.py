@@ -1,0 +1,380 @@
+"""``cml tune``: an Optuna study whose objective is one strict-protocol run.
+
+A trial draws its parameters with the seeded TPE sampler, trains an ordinary run directory
+``<tune-dir>/trial-<n>`` (``evaluate_test=False``: test metrics are never computed for a
+trial) and returns the validation NDCG@10 of the selected epoch; the median pruner stops a
+trial whose per-epoch validation NDCG@10 falls below the median of earlier trials at the
+same epoch. The study lives in a storage: by default a journal file ``<tune-dir>/study.journal``
+(several local processes share it), or any Optuna RDB URL (``--storage``), which several
+machines can share. An invocation runs ``trials`` more trials, so running the same command
+again continues the study; a trial whose process died (``kill -9``) is marked failed by the
+next invocation on the same machine, or, on an RDB storage, by Optuna's heartbeat.
+
+At the end the best parameters go to ``<tune-dir>/best.toml`` (a ``[train]`` table usable as
+``cml train --config`` and ``cml ablate --config``) and that configuration is trained once more
+in ``<tune-dir>/best`` with its test split evaluated once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cml_cli import registry
+from cml_cli.config import RunConfig, apply_overrides, compose, config_to_toml, dataset_preset_name, load_toml
+from cml_cli.data.store import check_name, check_writable_dir, read_manifest, resolve_dataset_dir, write_text_atomic
+from cml_cli.errors import InputError, RunError
+from cml_cli.tune.space import Param, load_space
+
+METRIC = "ndcg@10"
+STUDY = "cml-tune"
+
+
+def _optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise InputError("cml tune needs Optuna: pip install 'cml-cli[tune]'") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+@dataclass
+class TuneSpec:
+    """Everything a worker process needs to run trials of a study."""
+
+    dataset: str
+    dataset_dir: str
+    model: str
+    preset: str
+    fixed: dict[str, Any]
+    params: list[dict[str, Any]]
+    seed: int
+    tune_dir: str
+    storage: str
+    pruner: bool = True
+    threads: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def space(self) -> list[Param]:
+        return [Param(**{**p, "choices": tuple(p.get("choices", ()))}) for p in self.params]
+
+    def config(self, params: dict[str, Any]) -> RunConfig:
+        """The run configuration of a trial: preset, model settings, ``--set``, then the draw."""
+        cfg = compose(self.preset, [{"model": self.model}, self.fixed, params])
+        cfg.seed, cfg.protocol = self.seed, "strict"
+        return cfg.validate()
+
+
+def open_storage(url: str):
+    """An Optuna storage: a journal file path or an RDB URL (with heartbeats); exit 2 if it
+    cannot be opened."""
+    optuna = _optuna()
+    try:
+        if "://" not in url:
+            from optuna.storages.journal import JournalFileBackend
+
+            Path(url).parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(JournalFileBackend(url))
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna's terms
+            warnings.simplefilter("ignore")
+            return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
+    except Exception as e:  # driver missing, host unreachable, bad URL, unwritable file ...
+        raise InputError(f"--storage {url}: cannot open the study storage ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:200]})") from None
+
+
+def load_study(spec: TuneSpec, storage=None):
+    optuna = _optuna()
+    storage = storage or open_storage(spec.storage)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2) if spec.pruner else \
+        optuna.pruners.NopPruner()
+    try:
+        return optuna.create_study(storage=storage, study_name=STUDY, direction="maximize", load_if_exists=True,
+                                   sampler=optuna.samplers.TPESampler(seed=spec.seed), pruner=pruner)
+    except Exception as e:
+        raise InputError(f"--storage {spec.storage}: cannot create or load the study ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:200]})") from None
+
+
+def _signature(spec: TuneSpec, checksum: str) -> dict[str, Any]:
+    return {"dataset": spec.dataset, "dataset_checksum": checksum, "model": spec.model, "preset": spec.preset,
+            "fixed": {k: str(v) for k, v in spec.fixed.items()}, "space": spec.params, "seed": spec.seed}
+
+
+def _check_same_study(study, signature: dict[str, Any], where: str) -> None:
+    """The study must have been started with the same dataset, model, settings and space."""
+    known = study.user_attrs.get("signature")
+    if known is None:
+        study.set_user_attr("signature", signature)
+    elif known != signature:
+        diff = sorted(k for k in signature if known.get(k) != signature[k])
+        raise InputError(f"{where}: holds a study of other settings ({', '.join(diff)} differ); use another --name "
+                         "or --storage to start a new one")
+
+
+def _mark_dead_trials(study) -> list[int]:
+    """Running trials of this machine whose process is gone (killed) become failed trials."""
+    from optuna.trial import TrialState
+
+    dead = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        host, pid = t.user_attrs.get("host"), t.user_attrs.get("pid")
+        if host == platform.node() and isinstance(pid, int) and not _alive(pid):
+            study.tell(t.number, state=TrialState.FAIL)
+            dead.append(t.number)
+    return dead
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class TrialProgress:
+    """Reports each epoch's validation NDCG@10 to the trial (pruning) and to an observer."""
+
+    def __init__(self, trial, on_epoch: Callable[[int, int, float], None] | None = None):
+        self.trial, self.on_epoch, self.total = trial, on_epoch, 0
+
+    def start(self, epochs: int, done: int) -> None:
+        self.total = epochs
+
+    def start_epoch(self, epoch: int, batches: int) -> None: ...
+
+    def advance(self, loss: float) -> None: ...
+
+    def end_epoch(self, row: dict) -> None:
+        value = float((row.get("valid") or {}).get(METRIC, 0.0))
+        self.trial.set_user_attr("epoch", row["epoch"])
+        if self.on_epoch is not None:
+            self.on_epoch(self.trial.number, row["epoch"], value)
+        self.trial.report(value, row["epoch"])
+        if self.trial.should_prune():
+            import optuna
+
+            raise optuna.TrialPruned(f"validation {METRIC} {value:.4f} at epoch {row['epoch']}")
+
+    def stop(self) -> None: ...
+
+
+def objective(spec: TuneSpec, on_epoch=None) -> Callable:
+    """The function Optuna maximises: one run of the drawn configuration, validation NDCG@10."""
+    from cml_cli.train.loop import train
+
+    space = spec.space()
+
+    def run(trial) -> float:
+        trial.set_user_attr("host", platform.node())
+        trial.set_user_attr("pid", os.getpid())
+        params = {p.name: p.suggest(trial) for p in space}
+        cfg = spec.config(params)
+        name = f"trial-{trial.number}"
+        trial.set_user_attr("run_dir", str(Path(spec.tune_dir) / name))
+        result = train(spec.dataset_dir, cfg, runs_dir=Path(spec.tune_dir), name=name, force=True,
+                       progress=TrialProgress(trial, on_epoch), evaluate_test=False)
+        return float(result["valid"][METRIC])
+
+    return run
+
+
+def worker_main(argv: list[str]) -> int:
+    """``python -m cml_cli.tune SPEC_JSON N``: run N trials of the study (none: until the timeout)."""
+    spec = TuneSpec(**json.loads(argv[0]))
+    quota = int(argv[1]) or None
+    if spec.threads:
+        import torch
+
+        torch.set_num_threads(spec.threads)
+    load_study(spec).optimize(objective(spec), n_trials=quota, timeout=spec.extra.get("timeout"), catch=(RunError,))
+    return 0
+
+
+def _finished(study) -> list:
+    from optuna.trial import TrialState
+
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+
+def run_tune(
+    dataset: str | Path,
+    model: str,
+    *,
+    trials: int | None = 10,
+    timeout: float | None = None,
+    jobs: int = 1,
+    name: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    space: Path | None = None,
+    storage: str | None = None,
+    seed: int = 0,
+    pruner: bool = True,
+    runs_dir: Path = Path("runs"),
+    data_dir: Path | None = None,
+    on_event: Callable[[str, dict], None] | None = None,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Run ``trials`` more trials (or until ``timeout`` seconds) of the study, write
+    ``best.toml``, train the best configuration and evaluate its test split once.
+
+    Returns ``{"trials", "best_value", "best_params", "best_config", "test", "tune_dir",
+    "storage", "best_run", "pruned", "failed", "seconds"}``; ``trials`` counts the study's
+    finished trials (complete or pruned) so far. ``on_event(kind, info)`` reports
+    ``"trial"`` (a trial ended), ``"epoch"`` (a trial's epoch, in this process) and ``"best"``."""
+    optuna = _optuna()
+    started = time.perf_counter()
+    if model not in registry.MODELS:
+        raise InputError(f"--model: unknown model '{model}' (known: {', '.join(registry.names())})")
+    if trials is not None and trials < 1:
+        raise InputError(f"--trials: must be at least 1, got {trials}")
+    if trials is None and timeout is None:
+        raise InputError("--trials or --timeout: say how long to search")
+    if jobs < 1:
+        raise InputError(f"--jobs: must be at least 1, got {jobs}")
+    fixed = dict(overrides or {})
+    for key in ("model", "seed", "protocol"):
+        if key in fixed:
+            raise InputError(f"--set {key}=...: a study sets {key} itself (use --model / --seed)")
+    apply_overrides(RunConfig(), fixed)  # unknown keys and bad values -> exit 2 before anything runs
+    space_file, params = load_space(space, model, fixed)
+    ds_dir = resolve_dataset_dir(dataset, data_dir).resolve()
+    manifest = read_manifest(ds_dir)
+    if not manifest.get("n_valid_users"):
+        raise InputError(f"dataset '{manifest['name']}' has no validation split (preprocessed with --no-valid): "
+                         "tuning selects on validation only")
+    tune_dir = (Path(runs_dir) / (check_name(name, "--name") if name else f"tune-{manifest['name']}-{model}"))
+    check_writable_dir(tune_dir, "tune directory")
+    tune_dir = tune_dir.resolve()
+    tune_dir.mkdir(parents=True, exist_ok=True)
+    spec = TuneSpec(dataset=str(manifest["name"]), dataset_dir=str(ds_dir), model=model,
+                    preset=dataset_preset_name(manifest), fixed=fixed,
+                    params=[{k: v for k, v in p.__dict__.items()} for p in params], seed=seed,
+                    tune_dir=str(tune_dir), storage=storage or str(tune_dir / "study.journal"), pruner=pruner,
+                    extra={"timeout": timeout})
+    for p in spec.params:
+        p["choices"] = list(p["choices"])
+    spec.config({p.name: (p.choices[0] if p.type == "categorical" else p.low) for p in params})  # a valid config?
+    study = load_study(spec)
+    _check_same_study(study, _signature(spec, manifest["files"]["arrays.npz"]), spec.storage)
+    study.set_user_attr("space_file", str(space_file))
+    study.set_user_attr("last_command", command)
+    _mark_dead_trials(study)
+    notify = on_event or (lambda kind, info: None)
+
+    def on_trial(study_, trial) -> None:
+        best = _best(study_)
+        notify("trial", {"number": trial.number, "state": trial.state.name, "value": trial.value,
+                         "finished": len(_finished(study_)), "best_value": best.value if best else None})
+
+    if jobs == 1:
+        study.optimize(objective(spec, lambda n, e, v: notify("epoch", {"number": n, "epoch": e, "value": v})),
+                       n_trials=trials, timeout=timeout, callbacks=[on_trial], catch=(RunError,))
+    else:
+        _run_workers(spec, jobs, trials, study, notify)
+    best = _best(study)
+    if best is None:
+        raise RunError(f"no trial of the study in {spec.storage} finished: see the logs in {tune_dir}")
+    best_file = write_best(spec, best, tune_dir / "best.toml", len(_finished(study)))
+    notify("best", {"number": best.number, "value": best.value, "params": best.params})
+    final = _train_best(spec, tune_dir, best_file)
+    counts = {s: len(study.get_trials(deepcopy=False, states=(getattr(optuna.trial.TrialState, s.upper()),)))
+              for s in ("pruned", "fail")}
+    return {"trials": len(_finished(study)), "best_value": best.value, "best_params": best.params,
+            "best_config": str(best_file), "test": final["test"], "best_run": final["run_dir"],
+            "best_trial": best.number, "pruned": counts["pruned"], "failed": counts["fail"],
+            "tune_dir": str(tune_dir), "storage": spec.storage, "seconds": time.perf_counter() - started}
+
+
+def _best(study):
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+def write_best(spec: TuneSpec, best, path: Path, finished: int) -> Path:
+    """``best.toml``: the model, the fixed ``--set`` options and the best trial's parameters, as
+    a ``[train]`` table (applied after a dataset's preset: ``cml train --config best.toml``)."""
+    values = {**apply_overrides(RunConfig(), spec.fixed).to_dict(), "model": spec.model, **best.params}
+    keys = ["model", *spec.fixed, *best.params]
+    cfg = apply_overrides(RunConfig(), {k: values[k] for k in keys})
+    body = config_to_toml(cfg).splitlines()[1:]
+    chosen = [line for line in body if line.split(" = ")[0] in keys]
+    header = [f"# cml tune: best of {finished} finished trials (trial {best.number}, validation {METRIC} "
+              f"{best.value:.6f})", f"# dataset {spec.dataset}, preset {spec.preset}, seed {spec.seed}, storage "
+              f"{spec.storage}", "[train]"]
+    write_text_atomic(path, "\n".join(header + chosen) + "\n")
+    return path
+
+
+def _train_best(spec: TuneSpec, tune_dir: Path, best_file: Path) -> dict[str, Any]:
+    """Train ``best.toml`` once in ``<tune-dir>/best`` (test evaluated once), or reuse that run
+    when it already holds exactly this configuration."""
+    from cml_cli.train.loop import train
+
+    cfg = compose(spec.preset, [load_toml(best_file)])
+    cfg.seed = spec.seed
+    cfg.validate()
+    run = tune_dir / "best"
+    try:
+        same = apply_overrides(RunConfig(), load_toml(run / "config.toml")).to_dict() == cfg.to_dict()
+        final = json.loads((run / "metrics.json").read_text()) if same else None
+    except (InputError, OSError, ValueError):
+        final = None
+    if isinstance(final, dict) and final.get("test"):
+        return final
+    return train(spec.dataset_dir, cfg, runs_dir=tune_dir, name="best", force=True)
+
+
+def _run_workers(spec: TuneSpec, jobs: int, trials: int | None, study, notify) -> None:
+    """``jobs`` worker processes share the study's storage (``trials`` split between them as
+    evenly as possible); this process reports progress."""
+    from optuna.trial import TrialState
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    spec.threads = max(1, cores // jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec.threads), "PYTHONWARNINGS": "ignore"}
+    quotas = [0] * jobs if trials is None else [trials // jobs + (j < trials % jobs) for j in range(jobs)]
+    procs = []
+    for j, quota in enumerate(quotas):
+        if trials is not None and quota == 0:
+            continue
+        log = open(Path(spec.tune_dir) / f"worker-{j}.log", "a")
+        procs.append(subprocess.Popen([sys.executable, "-m", "cml_cli.tune", json.dumps(spec.__dict__), str(quota)],
+                                      stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env))
+        log.close()
+    ended = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    seen = {t.number for t in study.get_trials(deepcopy=False, states=ended)}  # earlier invocations' trials
+    try:
+        while any(p.poll() is None for p in procs):
+            time.sleep(1.0)
+            for t in study.get_trials(deepcopy=False, states=ended):
+                if t.number not in seen:
+                    seen.add(t.number)
+                    best = _best(study)
+                    notify("trial", {"number": t.number, "state": t.state.name, "value": t.value,
+                                     "finished": len(_finished(study)), "best_value": best.value if best else None})
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if "epoch" in t.user_attrs:
+                    notify("epoch", {"number": t.number, "epoch": t.user_attrs["epoch"], "value": None})
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+    failed = [j for j, p in enumerate(procs) if p.returncode not in (0, None)]
+    if failed:
+        raise RunError(f"tune worker(s) {failed} failed: see {spec.tune_dir}/worker-<n>.log")

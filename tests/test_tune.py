@@ -1,0 +1,154 @@
+"""``cml tune``: the search-space parser, a study that continues where it stopped (also after
+``kill -9``), the best.toml round trip, and bad input. Tiny data, item-kNN (one epoch)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("optuna", reason="Optuna is not installed (optional extra: pip install 'cml-cli[tune]')")
+
+from cml_cli.config import load_toml, resolve_config  # noqa: E402
+from cml_cli.errors import InputError  # noqa: E402
+from cml_cli.tune import default_space_file, load_space, parse_space, run_tune  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    from cml_cli.data.preprocess import preprocess
+
+    path = tmp_path_factory.mktemp("tune") / "data"
+    preprocess("synthetic", data_dir=path)
+    return path
+
+
+def _cml(*args, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    script = Path(sys.executable).with_name("cml")
+    env = {k: v for k, v in os.environ.items() if k != "CML_DATA_DIR"}
+    env["PYTHONWARNINGS"] = "ignore"
+    return subprocess.run([str(script), *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=timeout)
+
+
+# --------------------------------------------------------------------------- the space
+
+
+def test_space_parser_reads_every_kind():
+    params = parse_space({"lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+                          "layers": {"type": "int", "low": 1, "high": 4},
+                          "dim": {"type": "categorical", "choices": [16, 64]},
+                          "knn_shrink": {"type": "float", "low": 0, "high": 10, "step": 0.5}}, "s.toml")
+    by = {p.name: p for p in params}
+    assert by["lr"].log and by["lr"].low == 1e-4 and by["layers"].type == "int"
+    assert by["dim"].choices == (16, 64) and by["knn_shrink"].step == 0.5
+
+
+@pytest.mark.parametrize("space, message", [
+    ({}, "empty search space"),
+    ({"bogus": {"type": "float", "low": 0, "high": 1}}, "not a RunConfig key"),
+    ({"lr": {"type": "float", "low": 1, "high": 0.1}}, "low < high"),
+    ({"lr": {"type": "float", "low": 0, "high": 1, "log": True}}, "log = true needs low > 0"),
+    ({"lr": {"type": "gaussian", "low": 0, "high": 1}}, "type must be one of"),
+    ({"lr": {"type": "float", "low": "a", "high": 1}}, "finite numbers"),
+    ({"layers": {"type": "int", "low": 1.5, "high": 3}}, "must be integers"),
+    ({"dim": {"type": "categorical", "choices": []}}, "non-empty list"),
+    ({"dim": {"type": "categorical", "choices": ["x"]}}, "expected an integer"),
+    ({"lr": {"type": "float", "low": 0.1, "high": 1, "mean": 3}}, "unknown field"),
+    ({"seed": {"type": "int", "low": 0, "high": 9}}, "cannot be searched"),
+    ({"lr": 0.1}, "must be a table"),
+])
+def test_space_parser_refuses_bad_spaces(space, message):
+    with pytest.raises(InputError, match=message):
+        parse_space(space, "s.toml")
+
+
+def test_space_and_set_may_not_both_fix_a_key():
+    with pytest.raises(InputError, match="also fixed with --set"):
+        parse_space({"lr": {"type": "float", "low": 0.1, "high": 1}}, "s.toml", {"lr": "0.5"})
+
+
+def test_every_model_has_a_valid_default_space():
+    from cml_cli import registry
+
+    for model in registry.names():
+        if model == "popularity":  # nothing to tune
+            continue
+        path, params = load_space(None, model)
+        assert path == default_space_file(model) and params
+        assert (REPO / "experiments" / "search" / f"{model}.toml").read_text() == path.read_text()
+
+
+# --------------------------------------------------------------------------- studies
+
+
+def test_study_continues_and_best_toml_round_trips(data_dir, tmp_path):
+    runs = tmp_path / "runs"
+    first = run_tune("synthetic", "itemknn-merged", trials=3, name="t", runs_dir=runs, data_dir=data_dir)
+    assert first["trials"] == 3
+    for n in range(3):
+        trial = runs / "t" / f"trial-{n}"
+        final = json.loads((trial / "metrics.json").read_text())
+        assert final["test"] == {} and "not evaluated" in final["test_selection"]  # no test metric for a trial
+    again = run_tune("synthetic", "itemknn-merged", trials=3, name="t", runs_dir=runs, data_dir=data_dir)
+    assert again["trials"] == 6 and again["best_value"] >= first["best_value"]
+    best = load_toml(Path(again["best_config"]))
+    assert best["model"] == "itemknn-merged" and set(again["best_params"]) <= set(best)
+    cfg = resolve_config("default", Path(again["best_config"]))
+    assert cfg.model == "itemknn-merged" and cfg.knn_k == again["best_params"]["knn_k"]
+    assert again["test"]["hr@10"] > 0 and "full" in again["test"]
+
+
+def test_killed_study_loses_at_most_the_running_trial(data_dir, tmp_path):
+    """kill -9 during a trial; the next invocation marks it failed and continues."""
+    argv = ["tune", "--dataset", "synthetic", "--data-dir", data_dir, "--model", "bpr-mf", "--trials", "2",
+            "--name", "k", "--set", "epochs=30", "--set", "patience=0", "--no-prune", "--json"]
+    script = Path(sys.executable).with_name("cml")
+    proc = subprocess.Popen([str(script), *map(str, argv)], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    second = tmp_path / "runs" / "k" / "trial-1" / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while not second.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert second.is_file(), "the second trial never started"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = _cml(*argv, "--trials", "1", cwd=tmp_path)  # later options win: one more trial
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["trials"] == 2 and result["failed"] == 1  # trial 0 kept, trial 1 lost, trial 2 new
+
+
+def test_parallel_jobs_run_exactly_the_trials_asked(data_dir, tmp_path):
+    proc = _cml("tune", "--dataset", "synthetic", "--data-dir", data_dir, "--model", "itemknn-merged", "--trials",
+                "3", "--jobs", "2", "--name", "p", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["trials"] == 3
+    assert len(list((tmp_path / "runs" / "p").glob("trial-*"))) == 3
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--model", "nope"], "unknown model 'nope'"),
+    (["--model", "cml", "--set", "bogus=1"], "unknown option 'bogus'"),
+    (["--model", "cml", "--storage", "sqlite:////nonexistent/dir/s.db"], "cannot open the study storage"),
+    (["--model", "cml", "--storage", "nosuchdb://host/x"], "--storage"),
+    (["--model", "cml", "--space", "EMPTY"], "empty search space"),
+    (["--model", "cml", "--space", "BAD"], "not a RunConfig key"),
+    (["--model", "cml", "--trials", "0"], "--trials"),
+])
+def test_bad_input_exits_2_with_one_line(data_dir, tmp_path, extra, message):
+    (tmp_path / "empty.toml").write_text("")
+    (tmp_path / "bad.toml").write_text('[not_a_key]\ntype = "int"\nlow = 1\nhigh = 2\n')
+    extra = [{"EMPTY": tmp_path / "empty.toml", "BAD": tmp_path / "bad.toml"}.get(x, x) for x in extra]
+    proc = _cml("tune", "--dataset", "synthetic", "--data-dir", data_dir, *extra, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, proc.stderr
