@@ -56,8 +56,9 @@ class BehaviorEncoder(nn.Module):
             for layer in w:
                 nn.init.xavier_uniform_(layer)
 
-    def forward(self, graph: BehaviorGraph) -> tuple[Tensor, Tensor, Tensor]:
-        """Returns ``e_u [|U|, d]``, ``e_i [|I|, d]`` and ``e_u^k [K, |U|, d]``."""
+    def layer_outputs(self, graph: BehaviorGraph) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """The blocks the projection concatenates: ``H_U^l [|U|, d]``, ``H_I^l [|I|, d]`` and
+        ``S_U^{k,l} [K, |U|, d]`` for every layer (the layer-0 tables first with ``ego``)."""
         h_u, h_i = self.user_emb, self.item_emb
         agg_u, agg_i, spec_u = ([h_u], [h_i], [h_u.expand(graph.n_behaviors, -1, -1)]) if self.ego else ([], [], [])
         for layer in range(self.layers):
@@ -68,6 +69,11 @@ class BehaviorEncoder(nn.Module):
             h_i = self.act(m_i.mean(0))
             agg_u.append(h_u)
             agg_i.append(h_i)
+        return agg_u, agg_i, spec_u
+
+    def forward(self, graph: BehaviorGraph) -> tuple[Tensor, Tensor, Tensor]:
+        """Returns ``e_u [|U|, d]``, ``e_i [|I|, d]`` and ``e_u^k [K, |U|, d]``."""
+        agg_u, agg_i, spec_u = self.layer_outputs(graph)
         e_u = torch.cat(agg_u, dim=-1) @ self.p_user
         e_i = torch.cat(agg_i, dim=-1) @ self.p_item
         e_uk = torch.cat(spec_u, dim=-1) @ self.p_user
@@ -99,13 +105,19 @@ class LightGCNBehaviorEncoder(nn.Module):
         nn.init.xavier_uniform_(self.user_emb)
         nn.init.xavier_uniform_(self.item_emb)
 
-    def forward(self, graph: BehaviorGraph) -> tuple[Tensor, Tensor, Tensor]:
-        """Returns ``e_u [|U|, d]``, ``e_i [|I|, d]`` and ``e_u^k [K, |U|, d]``."""
+    def layer_outputs(self, graph: BehaviorGraph) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """``H_U^l [|U|, d]``, ``H_I^l [|I|, d]`` and ``S_U^{k,l} [K, |U|, d]`` for l = 0..L."""
         h_u, h_i = self.user_emb, self.item_emb
-        sum_u, sum_i, sum_uk = h_u, h_i, h_u.expand(graph.n_behaviors, -1, -1)
+        agg_u, agg_i, spec_u = [h_u], [h_i], [h_u.expand(graph.n_behaviors, -1, -1)]
         for _ in range(self.layers):
             m_u, m_i = graph.to_users(h_i), graph.to_items(h_u)
             h_u, h_i = m_u.mean(0), m_i.mean(0)
-            sum_u, sum_i, sum_uk = sum_u + h_u, sum_i + h_i, sum_uk + m_u
-        scale = 1.0 / (self.layers + 1)
-        return sum_u * scale, sum_i * scale, sum_uk * scale
+            agg_u.append(h_u)
+            agg_i.append(h_i)
+            spec_u.append(m_u)
+        return agg_u, agg_i, spec_u
+
+    def forward(self, graph: BehaviorGraph) -> tuple[Tensor, Tensor, Tensor]:
+        """Returns ``e_u [|U|, d]``, ``e_i [|I|, d]`` and ``e_u^k [K, |U|, d]``."""
+        agg_u, agg_i, spec_u = self.layer_outputs(graph)
+        return (torch.stack(agg_u).mean(0), torch.stack(agg_i).mean(0), torch.stack(spec_u).mean(0))
