@@ -348,6 +348,8 @@ def tune(
                               "lightgcn-target, lightgcn-merged, mbcgcn, crgcn, ..."),
     trials: Optional[int] = typer.Option(None, "--trials", "-n", help="Trials to run in this invocation [default: 10 "
                                          "without --timeout]."),
+    until: Optional[int] = typer.Option(None, "--until", help="Run trials until the study holds this many finished "
+                                        "ones (instead of --trials; running it again does nothing more)."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop starting trials after this many seconds."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Trials side by side in local processes sharing the storage."),
     name: Optional[str] = typer.Option(None, "--name", help="Tune directory under --runs-dir [default: "
@@ -377,7 +379,7 @@ def tune(
 
     def on_event(kind: str, info: dict) -> None:
         if state["task"] is None:
-            state["task"] = display.add_task("trials", total=trials, info="")
+            state["task"] = display.add_task("trials", total=trials or until, info="")
         if kind == "trial":
             state["done"] += 1
             if info["best_value"] is not None:
@@ -392,10 +394,12 @@ def tune(
             display.update(state["task"], info=f"best trial {info['number']}: {info['value']:.4f}; training it again "
                            "with the test split")
 
+    if trials is None and until is None and timeout is None:
+        trials = 10
     with display:
-        result = run_tune(dataset, model, trials=trials if trials is not None or timeout is not None else 10,
-                          timeout=timeout, jobs=jobs, name=name, overrides=overrides, space=space, storage=storage,
-                          seed=seed, pruner=not no_prune, runs_dir=runs_dir, data_dir=data_dir, on_event=on_event,
+        result = run_tune(dataset, model, trials=trials, until=until, timeout=timeout, jobs=jobs, name=name,
+                          overrides=overrides, space=space, storage=storage, seed=seed, pruner=not no_prune,
+                          runs_dir=runs_dir, data_dir=data_dir, on_event=on_event,
                           command=" ".join(["cml", *sys.argv[1:]]))
     if as_json:
         _print_json(result)

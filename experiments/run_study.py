@@ -104,9 +104,15 @@ def plan_grids(study: dict, datasets: dict, args) -> list[dict]:
         if ds is None:
             raise SystemExit(f"error: dataset '{g['dataset']}' is not in experiments/datasets.toml")
         settings = {**common, **ds.get("settings", {}), **g.get("settings", {})}
+        tune = study.get("tune")
+        if tune is not None:
+            settings = {**settings, **tune.get("settings", {})}
         grid = {"dataset": g["dataset"], "label": ds.get("label", g["dataset"]), "source": ds["source"],
-                "format": ds["format"], "name": g.get("name", g["dataset"]), "variants": g["variants"],
-                "seeds": g["seeds"], "settings": settings}
+                "format": ds["format"], "no_valid": ds.get("no_valid", False),
+                "name": g.get("name", f"{study['study']['slug']}-{g['dataset']}" if tune else g["dataset"]),
+                "variants": g.get("variants") or [*tune["models"], *tune.get("untuned", [])],
+                "seeds": g.get("seeds") or tune["seeds"], "settings": settings, "tune": tune,
+                "published": g.get("published"), "published_dataset": g.get("published_dataset")}
         if args.smoke:
             grid.update(dataset="synthetic", source=None, format="synthetic", name=f"smoke-{grid['name']}",
                         label=f"{grid['label']} -> SMOKE TEST on the tiny synthetic dataset",
@@ -136,6 +142,8 @@ def ensure_dataset(grid: dict, args) -> str | None:
         if not source.exists() and not args.dry_run:
             raise SystemExit(f"error: {source}: missing (pass --shared DIR, the folder of the published datasets)")
         cmd += ["--source", _arg(source), "--format", grid["format"]]
+    if grid.get("no_valid"):
+        cmd.append("--no-valid")
     if not args.dry_run:
         Path(args.data_dir).parent.mkdir(parents=True, exist_ok=True)
     proc = run(cmd + ["--json"], capture=True, dry_run=args.dry_run)
@@ -144,18 +152,74 @@ def ensure_dataset(grid: dict, args) -> str | None:
     return _show(cmd)
 
 
-def ablate_command(grid: dict, args) -> list[str]:
+def ablate_command(grid: dict, args, configs: dict[str, Path] | None = None) -> list[str]:
     cmd = [*_cml(), "ablate", "--dataset", grid["dataset"], "--variants", ",".join(grid["variants"]),
            "--seeds", ",".join(map(str, grid["seeds"])), "--name", grid["name"], "--runs-dir", _arg(args.runs_dir),
            "--data-dir", _arg(args.data_dir), "--jobs", str(args.jobs)]
+    for variant, path in (configs or {}).items():
+        cmd += ["--config", f"{variant}={_arg(path)}"]
     for key, value in grid["settings"].items():
         cmd += ["--set", f"{key}={_set_value(value)}"]
     return cmd
 
 
+# A tuned "model" is a registry model, or a CML variant with the options it fixes.
+TUNED = {"cml": ("cml", {"encoder": "cml"}), "cml-lightgcn": ("cml", {"encoder": "lightgcn"})}
+
+
+def tune_grid(grid: dict, args) -> tuple[dict[str, Path], list[dict]]:
+    """``cml tune --until N`` of every tuned model of a grid (a study that already holds N
+    finished trials runs nothing); returns the best.toml of each variant and what was run."""
+    configs, runs = {}, []
+    for variant in grid["tune"]["models"]:
+        model, fixed = TUNED.get(variant, (variant, {}))
+        name = f"{grid['name']}-tune-{variant}"
+        cmd = [*_cml(), "tune", "--dataset", grid["dataset"], "--model", model, "--until", str(grid["tune"]["trials"]),
+               "--name", name, "--runs-dir", _arg(args.runs_dir), "--data-dir", _arg(args.data_dir),
+               "--jobs", str(args.jobs)]
+        for key, value in {**grid["settings"], **fixed}.items():
+            cmd += ["--set", f"{key}={_set_value(value)}"]
+        started = time.time()
+        proc = run(cmd + ["--json"], capture=True, dry_run=args.dry_run)
+        entry = {"variant": variant, "command": _show(cmd)}
+        if proc is not None:
+            if proc.returncode != 0:
+                raise SystemExit(f"error: `{_show(cmd)}` exited with {proc.returncode}")
+            entry.update(json.loads(proc.stdout), seconds=time.time() - started)
+            configs[variant] = Path(entry["best_config"])
+        runs.append(entry)
+    return configs, runs
+
+
+def published_runs(grid: dict, args, tuned: list[dict]) -> list[dict]:
+    """Each tuned configuration trained on the grid's ``published_dataset`` (no validation split)
+    for the epochs its tuned best run selected, evaluated by full ranking."""
+    target = dict(grid, dataset=grid["published_dataset"], no_valid=True)
+    preprocess = ensure_dataset(target, args)
+    out = []
+    for entry in tuned:
+        best = json.loads((Path(entry["best_run"]) / "metrics.json").read_text())
+        name = f"{grid['name']}-published-{entry['variant']}"
+        cmd = [*_cml(), "train", "--dataset", target["dataset"], "--config", _arg(Path(entry["best_config"])),
+               "--set", f"epochs={best['best_epoch']}", "--name", name, "--runs-dir", _arg(args.runs_dir),
+               "--data-dir", _arg(args.data_dir), "--quiet"]
+        final = Path(args.runs_dir) / name / "metrics.json"
+        if not final.is_file():
+            proc = run(cmd + ["--force"], capture=True, dry_run=args.dry_run)
+            if proc is not None and proc.returncode != 0:
+                raise SystemExit(f"error: `{_show(cmd)}` exited with {proc.returncode}")
+        result = json.loads(final.read_text()) if final.is_file() else {}
+        out.append({"variant": entry["variant"], "command": _show(cmd), "preprocess": preprocess,
+                    "epochs": best["best_epoch"], "full": (result.get("test") or {}).get("full", {})})
+    return out
+
+
 def run_grid(grid: dict, args, figures_dir: Path, slug: str, figures: list[str]) -> dict:
     out: dict = {"grid": grid, "preprocess": ensure_dataset(grid, args)}
-    cmd = ablate_command(grid, args)
+    configs = None
+    if grid.get("tune"):
+        configs, out["tuned"] = tune_grid(grid, args)
+    cmd = ablate_command(grid, args, configs)
     out["ablate"] = _show(cmd)
     started = time.time()
     proc = run(cmd + ["--json"], capture=True, dry_run=args.dry_run)
@@ -166,7 +230,7 @@ def run_grid(grid: dict, args, figures_dir: Path, slug: str, figures: list[str])
         raise SystemExit(f"error: `{_show(cmd)}` exited with {proc.returncode}")
     out["exit"] = proc.returncode
     table = json.loads(proc.stdout)
-    variants = [r["variant"] for r in table["rows"]]
+    variants = [r["variant"] for r in table["rows"]]  # table.json as printed by `cml ablate --json`
     grid_dir = Path(args.runs_dir) / grid["name"]
     report_dir = grid_dir / "report" / slug
     rcmd = [*_cml(), "report", _arg(grid_dir), "--out", _arg(report_dir), "--variants", ",".join(variants),
@@ -175,7 +239,9 @@ def run_grid(grid: dict, args, figures_dir: Path, slug: str, figures: list[str])
     rproc = run(rcmd + ["--json"], capture=True, dry_run=False)
     if rproc.returncode != 0:
         raise SystemExit(f"error: `{_show(rcmd)}` exited with {rproc.returncode}")
-    out["table"] = json.loads(rproc.stdout)["table"]
+    from cml_cli.report import Table
+
+    out["table"] = Table.from_dict(json.loads(rproc.stdout)["table"])
     out["figures"] = []
     figures_dir.mkdir(parents=True, exist_ok=True)
     for stem in figures:
@@ -184,7 +250,42 @@ def run_grid(grid: dict, args, figures_dir: Path, slug: str, figures: list[str])
             dst = figures_dir / f"{grid['name']}-{stem}.png"
             shutil.copyfile(src, dst)
             out["figures"].append(dst)
+    if grid.get("published_dataset") and out.get("tuned"):
+        out["published"] = published_runs(grid, args, out["tuned"])
     return out
+
+
+def tuned_markdown(tuned: list[dict], grid: dict) -> list[str]:
+    """The tuning of each model: trials, best validation NDCG@10, best parameters, time."""
+    rows = ["| model | trials (pruned, failed) | best validation NDCG@10 | best parameters | tuning wall time |",
+            "| :--- | ---: | ---: | :--- | ---: |"]
+    for t in tuned:
+        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in t.get("best_params", {}).items())
+        seconds = t.get("seconds")
+        rows.append(f"| {t['variant']} | {t.get('trials')} ({t.get('pruned')}, {t.get('failed')}) | "
+                    f"{t.get('best_value', 0):.4f} | {params} | "
+                    f"{'' if seconds is None else f'{seconds / 60:.1f} min'} |")
+    commands = [f"- `{t['command']}`" for t in tuned]
+    return ["Tuning (each model: the same trials and epoch budget; wall time of this invocation, 0 when the "
+            "study was already complete):", "", *rows, "", "<details><summary>Tuning commands</summary>", "",
+            *commands, "", "</details>", ""]
+
+
+def published_markdown(published: list[dict], grid: dict) -> list[str]:
+    """Full-ranking HR@10 of the tuned configurations beside the published figures."""
+    rows = ["| model | HR@10 | NDCG@10 | Recall@20 | epochs | source |", "| :--- | ---: | ---: | ---: | ---: | :--- |"]
+    for p in published:
+        f = p["full"]
+        rows.append(f"| {p['variant']} (ours, tuned) | {f.get('hr@10', float('nan')):.4f} | "
+                    f"{f.get('ndcg@10', float('nan')):.4f} | {f.get('recall@20', float('nan')):.4f} | {p['epochs']} | "
+                    f"`{p['command']}` |")
+    for name, value in grid["published"].items():
+        rows.append(f"| {name} (published) | {value:.4f} | | | | README of the MuLe repository (geonwooko/MULE)"
+                    + (", CascadingRank's README" if name == "CascadingRank" else "") + " |")
+    return [f"Full ranking on `{grid['published_dataset']}` (the same files preprocessed with `--no-valid`: every "
+            "training purchase kept; all 11,953 items ranked; training purchases masked; one test item per user), "
+            "beside figures published on the same data:", "", *rows, ""]
 
 
 def page(study: dict, study_path: Path, results: list[dict], args, command: str, seconds: float) -> str:
@@ -222,15 +323,19 @@ def page(study: dict, study_path: Path, results: list[dict], args, command: str,
             lines += ["", "(dry run: nothing ran)", ""]
             continue
         table = res["table"]
-        epochs = sorted({r["epochs_run"] for r in table["runs"] if r.get("epochs_run") is not None})
-        spe = [r["seconds_per_epoch"] for r in table["runs"] if r.get("seconds_per_epoch")]
+        epochs = sorted({r["epochs_run"] for r in table.runs if r.get("epochs_run") is not None})
+        spe = [r["seconds_per_epoch"] for r in table.runs if r.get("seconds_per_epoch")]
         lines += [f"- figures and tables: `{res['report']}`",
                   f"- epochs run: {', '.join(map(str, epochs)) or 'none'} (max {grid['settings'].get('epochs')}, "
                   f"early stopping patience {grid['settings'].get('patience', 'preset')}); "
                   f"seconds per epoch: {min(spe):.1f}–{max(spe):.1f}" if spe else "- epochs run: none",
                   f"- wall time of this grid in this invocation: {res['seconds'] / 60:.1f} min", ""]
+        if res.get("tuned"):
+            lines += tuned_markdown(res["tuned"], grid)
         lines += [table_markdown(table), *[f"- {x}" for x in findings(table)], ""]
-        failed = [f for r in table["rows"] for f in r["failed"]]
+        if res.get("published"):
+            lines += published_markdown(res["published"], grid)
+        failed = [f for r in table.rows for f in r.failed]
         if failed:
             lines += ["**Failed runs** (the table leaves them out):", ""]
             lines += [f"- `{f['run']}`: {f['error']} (log `{_rel(Path(f['log']))}`)" for f in failed] + [""]

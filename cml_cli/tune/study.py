@@ -215,6 +215,7 @@ def run_tune(
     model: str,
     *,
     trials: int | None = 10,
+    until: int | None = None,
     timeout: float | None = None,
     jobs: int = 1,
     name: str | None = None,
@@ -228,8 +229,9 @@ def run_tune(
     on_event: Callable[[str, dict], None] | None = None,
     command: str | None = None,
 ) -> dict[str, Any]:
-    """Run ``trials`` more trials (or until ``timeout`` seconds) of the study, write
-    ``best.toml``, train the best configuration and evaluate its test split once.
+    """Run ``trials`` more trials (or as many as it takes for the study to hold ``until``
+    finished trials; or until ``timeout`` seconds) of the study, write ``best.toml``, train the
+    best configuration and evaluate its test split once.
 
     Returns ``{"trials", "best_value", "best_params", "best_config", "test", "tune_dir",
     "storage", "best_run", "pruned", "failed", "seconds"}``; ``trials`` counts the study's
@@ -239,10 +241,14 @@ def run_tune(
     started = time.perf_counter()
     if model not in registry.MODELS:
         raise InputError(f"--model: unknown model '{model}' (known: {', '.join(registry.names())})")
+    if trials is not None and until is not None:
+        raise InputError("--trials and --until: give one of them")
     if trials is not None and trials < 1:
         raise InputError(f"--trials: must be at least 1, got {trials}")
-    if trials is None and timeout is None:
-        raise InputError("--trials or --timeout: say how long to search")
+    if until is not None and until < 1:
+        raise InputError(f"--until: must be at least 1, got {until}")
+    if trials is None and until is None and timeout is None:
+        raise InputError("--trials, --until or --timeout: say how long to search")
     if jobs < 1:
         raise InputError(f"--jobs: must be at least 1, got {jobs}")
     fixed = dict(overrides or {})
@@ -273,6 +279,8 @@ def run_tune(
     study.set_user_attr("space_file", str(space_file))
     study.set_user_attr("last_command", command)
     _mark_dead_trials(study)
+    if until is not None:
+        trials = max(until - len(_finished(study)), 0)
     notify = on_event or (lambda kind, info: None)
 
     def on_trial(study_, trial) -> None:
@@ -280,7 +288,9 @@ def run_tune(
         notify("trial", {"number": trial.number, "state": trial.state.name, "value": trial.value,
                          "finished": len(_finished(study_)), "best_value": best.value if best else None})
 
-    if jobs == 1:
+    if trials == 0:
+        pass  # the study already has what --until asks for
+    elif jobs == 1:
         study.optimize(objective(spec, lambda n, e, v: notify("epoch", {"number": n, "epoch": e, "value": v})),
                        n_trials=trials, timeout=timeout, callbacks=[on_trial], catch=(RunError,))
     else:
