@@ -15,8 +15,18 @@ from cml_cli.ablate.executors import EXECUTORS, _cores, _run_local, _run_ray
 from cml_cli.ablate.registry import REFERENCE, Variant, registry, select_variants
 from cml_cli.config import RunConfig, apply_overrides, compose, dataset_preset_name, load_toml
 from cml_cli.data.dataset import N_NEGATIVES
-from cml_cli.data.store import check_name, check_writable_dir, read_manifest, resolve_dataset_dir, write_json_atomic
+from cml_cli.data.store import (
+    ARRAYS,
+    GRID_FILE,
+    check_name,
+    check_writable_dir,
+    read_json_object,
+    read_manifest,
+    resolve_dataset_dir,
+    write_json_atomic,
+)
 from cml_cli.errors import InputError
+from cml_cli.train.rundir import RunDir
 
 # Config keys that may differ between a stored run and the request without making it another run.
 _IGNORED_KEYS = ("device",)
@@ -68,30 +78,15 @@ def _config_key(cfg: dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in cfg.items() if k not in _IGNORED_KEYS}, sort_keys=True)
 
 
-def _read_run_config(path: Path) -> dict[str, Any] | None:
-    try:
-        return apply_overrides(RunConfig(), load_toml(path / "config.toml")).to_dict()
-    except InputError:
-        return None
-
-
 def _existing_runs(grid_dir: Path) -> dict[str, dict[str, Any]]:
     """``dir name -> config dict`` of every run directory in the grid."""
     out = {}
     if grid_dir.is_dir():
         for d in sorted(grid_dir.iterdir()):
-            if d.is_dir() and (d / "config.toml").is_file():
-                cfg = _read_run_config(d)
-                if cfg is not None:
-                    out[d.name] = cfg
+            cfg = RunDir(d).read_config_dict() if d.is_dir() else None
+            if cfg is not None:
+                out[d.name] = cfg
     return out
-
-
-def _finished(run: Path) -> bool:
-    try:
-        return isinstance(json.loads((run / "metrics.json").read_text()), dict)
-    except (OSError, json.JSONDecodeError):
-        return False
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -157,9 +152,10 @@ def _unit(path: Path, name: str, cfg: dict[str, Any], stored: dict[str, Any] | N
           conflicts: list[str]) -> Unit:
     if stored is None:
         return Unit(name, "new", cfg)
+    run = RunDir(path)
     try:
-        manifest = json.loads((path / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        manifest = run.read_manifest()
+    except InputError:
         manifest = None
     if manifest is not None and manifest.get("dataset_checksum") != checksum:
         conflicts.append(f"{path} was trained on another version of the dataset")
@@ -168,7 +164,7 @@ def _unit(path: Path, name: str, cfg: dict[str, Any], stored: dict[str, Any] | N
     if not diff:
         if manifest is None:
             return Unit(name, "new", cfg)
-        return Unit(name, "done" if _finished(path) else "resume", cfg)
+        return Unit(name, "done" if run.read_final() is not None else "resume", cfg)
     if [d.split(":")[0] for d in diff] == ["epochs"] and cfg["epochs"] > stored["epochs"] and manifest is not None:
         return Unit(name, "extend", cfg)
     conflicts.append(f"{path} holds a run of another configuration ({', '.join(diff)})")
@@ -197,7 +193,7 @@ class DatasetInfo:
         ds_dir = resolve_dataset_dir(dataset, data_dir).resolve()
         manifest = read_manifest(ds_dir)
         return cls(ds_dir, manifest["name"], list(manifest["behaviors"]), dataset_preset_name(manifest),
-                   manifest["files"]["arrays.npz"], N_NEGATIVES + 1)
+                   manifest["files"][ARRAYS], N_NEGATIVES + 1)
 
 
 class GridBook:
@@ -207,12 +203,8 @@ class GridBook:
     or another version of the dataset are dropped, since their runs are not comparable."""
 
     def __init__(self, grid_dir: Path):
-        self.path = grid_dir / "grid.json"
-        try:
-            grid = json.loads(self.path.read_text())
-        except (OSError, json.JSONDecodeError):
-            grid = {}
-        self.grid: dict[str, Any] = grid if isinstance(grid, dict) else {}
+        self.path = grid_dir / GRID_FILE
+        self.grid: dict[str, Any] = read_json_object(self.path) or {}
 
     def start(self, info: DatasetInfo, overrides: dict[str, Any], variants: list[Variant], seeds: list[int],
               mapping: dict[tuple[str, int], str], command: str | None) -> None:

@@ -26,6 +26,7 @@ from cml_cli.errors import InputError
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 ARRAYS = "arrays.npz"
+GRID_FILE = "grid.json"  # an ablation grid's bookkeeping (written by cml_cli.ablate, read by cml_cli.report)
 MANIFEST_CHECKSUM = "manifest_sha256"
 _REQUIRED = {"name": str, "behaviors": list, "n_users": int, "n_items": int}
 
@@ -77,6 +78,15 @@ def write_text_atomic(path: Path, text: str) -> None:
 def write_json_atomic(path: Path, obj) -> None:
     """Write JSON to ``path`` atomically (see :func:`write_text_atomic`)."""
     write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_json_object(path: Path) -> dict | None:
+    """A JSON object from a file, or None when it is missing, unreadable or not an object."""
+    try:
+        obj = json.loads(Path(path).read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 def check_writable_dir(path: Path, what: str, *, parent_must_exist: bool = False) -> None:

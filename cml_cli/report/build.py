@@ -9,14 +9,24 @@ from typing import Any
 from cml_cli.data.store import write_text_atomic
 from cml_cli.errors import InputError
 from cml_cli.report.figures import _history, plot_bars, plot_cutoffs, plot_validation
-from cml_cli.report.tables import Table, _read_json, findings, load_grid, runs_markdown, summarize_grid, table_markdown, write_tables
+from cml_cli.report.tables import (
+    Table,
+    findings,
+    load_grid,
+    read_run_manifest,
+    runs_markdown,
+    summarize_grid,
+    table_markdown,
+    write_tables,
+)
+from cml_cli.train.rundir import RunDir
 
 
 def _revisions(grid_dir: Path, table: Table) -> tuple[list[str], list[str]]:
     revs, machines = set(), set()
     for r in table.runs:
-        m = _read_json(Path(grid_dir) / r["run"] / "manifest.json")
-        if isinstance(m, dict):
+        m = read_run_manifest(RunDir(Path(grid_dir) / r["run"]))
+        if m:
             revs.add(m.get("git_revision", "unknown"))
             mach = m.get("machine") or {}
             machines.add(f"{mach.get('host')} ({mach.get('cpus')} CPUs, {mach.get('platform')}, "

@@ -22,7 +22,9 @@ import numpy as np
 import pandas as pd
 
 from cml_cli import registry
+from cml_cli.data.store import GRID_FILE, read_json_object
 from cml_cli.errors import InputError
+from cml_cli.train.rundir import RunDir
 
 REFERENCE = "cml"
 FULL = "full:"
@@ -32,11 +34,12 @@ BEYOND = ("full:coverage@10", "full:personalization@10", "full:arp@10")
 _LABELS = {"coverage": "Coverage", "personalization": "Personalization", "arp": "ARP"}
 
 
-def _read_json(path: Path) -> Any:
+def read_run_manifest(run: RunDir) -> dict[str, Any]:
+    """A run's manifest, or ``{}`` when it is missing or damaged (a table can still be built)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+        return run.read_manifest()
+    except InputError:
+        return {}
 
 
 def label(metric: str) -> str:
@@ -60,17 +63,18 @@ def load_grid(grid_dir: Path) -> dict[str, Any]:
     grid_dir = Path(grid_dir)
     if not grid_dir.is_dir():
         raise InputError(f"{grid_dir}: no such directory")
-    grid = _read_json(grid_dir / "grid.json")
-    if isinstance(grid, dict) and isinstance(grid.get("variants"), dict):
+    grid = read_json_object(grid_dir / GRID_FILE)
+    if grid is not None and isinstance(grid.get("variants"), dict):
         return grid
     variants: dict[str, Any] = {}
     dataset = None
     for d in sorted(grid_dir.iterdir()):
-        if not (d.is_dir() and (d / "config.toml").is_file()):
+        run = RunDir(d)
+        if not (d.is_dir() and run.config.is_file()):
             continue
         m = re.match(r"^(.*)-s(\d+)$", d.name)
         name, seed = (m.group(1), m.group(2)) if m else (d.name, "0")
-        manifest = _read_json(d / "manifest.json") or {}
+        manifest = read_run_manifest(run)
         dataset = dataset or manifest.get("dataset")
         model = manifest.get("model", "")
         kind = "cml" if name == REFERENCE else ("ablation" if model == REFERENCE else registry.kind_of(model))
@@ -121,7 +125,7 @@ def collect(grid_dir: Path, grid: dict[str, Any] | None = None, variants: list[s
             seed = int(seed_text)
             if seeds is not None and seed not in seeds:
                 continue
-            final = _read_json(grid_dir / run / "metrics.json")
+            final = RunDir(grid_dir / run).read_final()
             row: dict[str, Any] = {"variant": name, "kind": entry.get("kind", "custom"), "seed": seed, "run": run,
                                    "log": str(grid_dir / f"{run}.log"), "error": None}
             if isinstance(final, dict) and isinstance(final.get("test"), dict):

@@ -15,6 +15,7 @@ import torch
 from cml_cli.config import RunConfig
 from cml_cli.data.dataset import MultiBehaviorDataset
 from cml_cli.data.store import (
+    ARRAYS,
     check_name,
     check_writable_dir,
     load_dataset,
@@ -92,7 +93,7 @@ def train(
         run.clear()
         try:
             # The manifest first: it is what makes the directory a run directory.
-            run.write_manifest(ds_manifest["name"], ds_dir, ds_manifest["files"]["arrays.npz"], cfg, str(device))
+            run.write_manifest(ds_manifest["name"], ds_dir, ds_manifest["files"][ARRAYS], cfg, str(device))
             run.write_config(cfg)
             rng = _seed_everything(cfg.seed)
             trainer = make_trainer(ds, cfg, device)

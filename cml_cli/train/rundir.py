@@ -259,6 +259,21 @@ class RunDir:
                              f"{self.manifest}); preprocess it again as it was, or train a new run")
         return path
 
+    def read_final(self) -> dict | None:
+        """The final metrics (``metrics.json``), or None for a run that has not finished."""
+        try:
+            final = json.loads(self.final.read_text())
+        except (OSError, ValueError, RecursionError):
+            return None
+        return final if isinstance(final, dict) else None
+
+    def read_config_dict(self) -> dict | None:
+        """The run's configuration as a dict, or None when it is missing or invalid."""
+        try:
+            return self.read_config().to_dict()
+        except InputError:
+            return None
+
     def write_log(self, history: list[dict]) -> None:
         """Rewrite ``metrics.jsonl`` from the checkpointed history (atomically)."""
         write_text_atomic(self.log, "".join(json.dumps(row) + "\n" for row in history))

@@ -31,8 +31,16 @@ from typing import Any
 
 from cml_cli import registry
 from cml_cli.config import RunConfig, apply_overrides, compose, config_to_toml, dataset_preset_name, load_toml
-from cml_cli.data.store import check_name, check_writable_dir, read_manifest, resolve_dataset_dir, write_text_atomic
+from cml_cli.data.store import (
+    ARRAYS,
+    check_name,
+    check_writable_dir,
+    read_manifest,
+    resolve_dataset_dir,
+    write_text_atomic,
+)
 from cml_cli.errors import InputError, RunError
+from cml_cli.train.rundir import RunDir
 from cml_cli.tune.space import Param, load_space
 
 METRIC = "ndcg@10"
@@ -275,7 +283,7 @@ def run_tune(
         p["choices"] = list(p["choices"])
     spec.config({p.name: (p.choices[0] if p.type == "categorical" else p.low) for p in params})  # a valid config?
     study = load_study(spec)
-    _check_same_study(study, _signature(spec, manifest["files"]["arrays.npz"]), spec.storage)
+    _check_same_study(study, _signature(spec, manifest["files"][ARRAYS]), spec.storage)
     study.set_user_attr("space_file", str(space_file))
     study.set_user_attr("last_command", command)
     _mark_dead_trials(study)
@@ -339,13 +347,9 @@ def _train_best(spec: TuneSpec, tune_dir: Path, best_file: Path) -> dict[str, An
     cfg = compose(spec.preset, [load_toml(best_file)])
     cfg.seed = spec.seed
     cfg.validate()
-    run = tune_dir / "best"
-    try:
-        same = apply_overrides(RunConfig(), load_toml(run / "config.toml")).to_dict() == cfg.to_dict()
-        final = json.loads((run / "metrics.json").read_text()) if same else None
-    except (InputError, OSError, ValueError):
-        final = None
-    if isinstance(final, dict) and final.get("test"):
+    run = RunDir(tune_dir / "best")
+    final = run.read_final() if run.read_config_dict() == cfg.to_dict() else None
+    if final is not None and final.get("test"):
         return final
     return train(spec.dataset_dir, cfg, runs_dir=tune_dir, name="best", force=True)
 
