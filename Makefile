@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench clean check-minimal
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,11 +28,19 @@ demo: $(STAMP)
 	$(BIN)/cml ablate --dataset synthetic --data-dir data --name demo --set epochs=10 \
 		--variants cml,w/o-clf,popularity,itemknn-merged
 
+# The CLI in an install with only the required dependencies and the dev extra (no Click,
+# Ray, matplotlib or Optuna): usage errors, help text, runs, --json.
+check-minimal:
+	test -x .venv-min/bin/python || $(PY) -m venv .venv-min
+	.venv-min/bin/python -c "import torch" 2>/dev/null || .venv-min/bin/python -m pip install -q torch==2.13.0
+	.venv-min/bin/python -m pip install -q -e '.[dev]'
+	.venv-min/bin/python -m pytest -q tests/test_cli.py
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_train.py --record
 
 clean:
-	rm -rf $(VENV) data runs .pytest_cache
+	rm -rf $(VENV) .venv-min data runs .pytest_cache
 
 # --- studies (experiments/README.md): each writes experiments/results/<study>.md --------------
 .PHONY: studies study-baselines study-ablation study-cutoffs studies-smoke
