@@ -69,8 +69,10 @@ def test_registry_has_every_variant_for_the_dataset_behaviors():
     assert list(reg)[:8] == ["cml", "w/o-clf", "w/o-mce", "first-order", "second-order", "adj-none",
                              "adj-symmetric", "no-hold-out"]
     for name in ("w/o-view", "w/o-cart", "target-only", "popularity", "itemknn-merged", "bpr-mf",
-                 "lightgcn-target", "lightgcn-merged"):
+                 "lightgcn-target", "lightgcn-merged", "mbcgcn", "crgcn"):
         assert name in reg
+    assert reg["cml-lightgcn"].overrides == {"encoder": "lightgcn"} and reg["cml-lightgcn"].kind == "ablation"
+    assert reg["mbcgcn"].kind == "peer" and [v.name for v in select_variants(reg, ["peers"])] == ["mbcgcn", "crgcn"]
     assert "w/o-buy" not in reg  # the target is never ablated
     assert reg["w/o-clf"].overrides == {"contrastive": False}
     assert reg["w/o-mce"].overrides == {"meta": False}

@@ -180,3 +180,18 @@ def test_peer_same_seed_same_metrics(peer_runs, tmp_path, model):
     data_dir, results = peer_runs
     again = train("synthetic", _cfg(model, epochs="8", lr="0.01"), data_dir=data_dir, runs_dir=tmp_path, name="a")
     assert again["test"] == results[model]["test"] and again["valid"] == results[model]["valid"]
+
+
+def test_ablate_runs_cml_and_the_peers(tiny_dir, tmp_path, run_cli):
+    """Issue 10: `cml ablate --dataset synthetic --variants cml,mbcgcn,crgcn --set epochs=2 --json`."""
+    import json
+
+    data_dir, _ = tiny_dir
+    proc = run_cli("ablate", "--dataset", "synthetic", "--data-dir", data_dir, "--runs-dir", tmp_path / "runs",
+                   "--variants", "cml,mbcgcn,crgcn", "--set", "epochs=2", "--json", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    table = json.loads(proc.stdout)
+    rows = {r["variant"]: r for r in table["rows"]}
+    assert set(rows) == {"cml", "mbcgcn", "crgcn"} and rows["mbcgcn"]["kind"] == "peer"
+    assert all(r["status"] == "ok" for r in rows.values())
+    assert rows["crgcn"]["metrics"]["full:hr@10"]["mean"] is not None

@@ -100,6 +100,8 @@ def test_study_continues_and_best_toml_round_trips(data_dir, tmp_path):
         assert final["test"] == {} and "not evaluated" in final["test_selection"]  # no test metric for a trial
     again = run_tune("synthetic", "itemknn-merged", trials=3, name="t", runs_dir=runs, data_dir=data_dir)
     assert again["trials"] == 6 and again["best_value"] >= first["best_value"]
+    same = run_tune("synthetic", "itemknn-merged", trials=None, until=6, name="t", runs_dir=runs, data_dir=data_dir)
+    assert same["trials"] == 6 and same["best_params"] == again["best_params"]  # --until: nothing more to run
     best = load_toml(Path(again["best_config"]))
     assert best["model"] == "itemknn-merged" and set(again["best_params"]) <= set(best)
     cfg = resolve_config("default", Path(again["best_config"]))
