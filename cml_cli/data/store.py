@@ -118,7 +118,8 @@ def check_writable_dir(path: Path, what: str, *, parent_must_exist: bool = False
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.(?:tmp|old)$")
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Is process ``pid`` running (on this machine)?"""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -136,7 +137,7 @@ def remove_stale_temporaries(data_dir: Path) -> list[Path]:
         return removed
     for child in Path(data_dir).iterdir():
         m = _TEMPORARY.match(child.name)
-        if m and child.is_dir() and not child.is_symlink() and not _alive(int(m.group("pid"))):
+        if m and child.is_dir() and not child.is_symlink() and not process_alive(int(m.group("pid"))):
             shutil.rmtree(child, ignore_errors=True)
             removed.append(child)
     return removed

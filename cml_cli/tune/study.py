@@ -35,6 +35,7 @@ from cml_cli.data.store import (
     ARRAYS,
     check_name,
     check_writable_dir,
+    process_alive,
     read_manifest,
     resolve_dataset_dir,
     write_text_atomic,
@@ -137,20 +138,10 @@ def _mark_dead_trials(study) -> list[int]:
     dead = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         host, pid = t.user_attrs.get("host"), t.user_attrs.get("pid")
-        if host == platform.node() and isinstance(pid, int) and not _alive(pid):
+        if host == platform.node() and isinstance(pid, int) and not process_alive(pid):
             study.tell(t.number, state=TrialState.FAIL)
             dead.append(t.number)
     return dead
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class TrialProgress:
