@@ -43,7 +43,7 @@ clean:
 	rm -rf $(VENV) .venv-min data runs .pytest_cache
 
 # --- studies (experiments/README.md): each writes experiments/results/<study>.md --------------
-.PHONY: studies study-baselines study-ablation study-cutoffs studies-smoke
+.PHONY: studies study-baselines study-ablation study-cutoffs study-tuned study-peers studies-smoke
 
 study-baselines: $(STAMP)
 	$(BIN)/python experiments/run_study.py baselines
@@ -54,7 +54,13 @@ study-ablation: $(STAMP)
 study-cutoffs: $(STAMP)
 	$(BIN)/python experiments/run_study.py cutoffs
 
-studies: study-baselines study-ablation study-cutoffs
+study-tuned: $(STAMP)
+	$(BIN)/python experiments/run_study.py tuned --jobs 2
+
+study-peers: $(STAMP)
+	$(BIN)/python experiments/run_study.py peers
+
+studies: study-baselines study-ablation study-cutoffs study-tuned study-peers
 
 # The same pipeline on tiny synthetic data, one epoch (a few minutes): pages in runs/smoke/results/.
 studies-smoke: $(STAMP)

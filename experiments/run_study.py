@@ -288,6 +288,21 @@ def published_markdown(published: list[dict], grid: dict) -> list[str]:
             "beside figures published on the same data:", "", *rows, ""]
 
 
+def reproduction_markdown(table, published: dict) -> list[str]:
+    """Full-ranking HR@10 / NDCG@10 of each variant beside its published figures."""
+    rows = ["| model | HR@10 ours | HR@10 published | ours / published | NDCG@10 ours | NDCG@10 published |",
+            "| :--- | ---: | ---: | ---: | ---: | ---: |"]
+    by = {r.variant: r for r in table.rows}
+    for variant, (hr, ndcg) in published.items():
+        ours = by[variant].cell("full:hr@10").mean if variant in by else None
+        ours_ndcg = by[variant].cell("full:ndcg@10").mean if variant in by else None
+        ratio = "" if ours is None else f"{ours / hr:.2f}"
+        rows.append(f"| {variant} | {'' if ours is None else f'{ours:.4f}'} | {hr:.4f} | {ratio} | "
+                    f"{'' if ours_ndcg is None else f'{ours_ndcg:.4f}'} | {ndcg:.4f} |")
+    return ["Full ranking beside the published figures (README of the MuLe repository, geonwooko/MULE; same "
+            "data, all items ranked, training purchases masked):", "", *rows, ""]
+
+
 def page(study: dict, study_path: Path, results: list[dict], args, command: str, seconds: float) -> str:
     from cml_cli.report import findings, runs_markdown, table_markdown
 
@@ -335,6 +350,8 @@ def page(study: dict, study_path: Path, results: list[dict], args, command: str,
         lines += [table_markdown(table), *[f"- {x}" for x in findings(table)], ""]
         if res.get("published"):
             lines += published_markdown(res["published"], grid)
+        elif isinstance(grid.get("published"), dict) and not grid.get("published_dataset"):
+            lines += reproduction_markdown(table, grid["published"])
         failed = [f for r in table.rows for f in r.failed]
         if failed:
             lines += ["**Failed runs** (the table leaves them out):", ""]
