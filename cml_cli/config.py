@@ -34,6 +34,8 @@ class RunConfig:
     block_layers: list[int] | None = None
     """Layers of each behavior's block in the cascading peers (MB-CGCN, CRGCN), in the dataset's
     behavior order (default: ``layers`` for every block)."""
+    pretrain_epochs: int = 0
+    """MB-CGCN: first epochs that train its first block alone, with BPR on the first behavior."""
     encoder: str = "cml"
     """CML's encoder: ``cml`` (the paper's: per-layer weights and activation) or ``lightgcn``
     (linear, symmetrically normalised layers, mean over layers; CML's objective unchanged)."""
@@ -145,6 +147,8 @@ class RunConfig:
             raise InputError(f"meta_dropout: must be in [0, 1), got {self.meta_dropout}")
         if not 0 < self.ssl_ratio <= 1:
             raise InputError(f"ssl_ratio: must be in (0, 1], got {self.ssl_ratio}")
+        if self.pretrain_epochs < 0:
+            raise InputError(f"pretrain_epochs: must be >= 0, got {self.pretrain_epochs}")
         if self.knn_k < 0 or self.knn_shrink < 0:
             raise InputError(f"knn_k, knn_shrink: must be >= 0, got {self.knn_k}, {self.knn_shrink}")
         if self.patience < 0:

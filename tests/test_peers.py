@@ -195,3 +195,20 @@ def test_ablate_runs_cml_and_the_peers(tiny_dir, tmp_path, run_cli):
     assert set(rows) == {"cml", "mbcgcn", "crgcn"} and rows["mbcgcn"]["kind"] == "peer"
     assert all(r["status"] == "ok" for r in rows.values())
     assert rows["crgcn"]["metrics"]["full:hr@10"]["mean"] is not None
+
+
+def test_mbcgcn_pretraining_trains_the_first_block_on_the_first_behavior(tiny_dir):
+    _, ds = tiny_dir
+    torch.manual_seed(0)
+    tr = make_trainer(ds, _cfg("mbcgcn", pretrain_epochs="1", batch="128"), CPU)
+    rng = np.random.default_rng(0)
+    first, target = ds.behaviors[0], ds.target
+    batches = tr.batches(rng)
+    assert sum(len(b) for b in batches) == len(ds.train[first])  # an epoch over the first behavior's pairs
+    w_before = tr.model.w_user.detach().clone()
+    emb_before = tr.model.user_emb.detach().clone()
+    tr.train_batch(batches[0], rng)
+    assert torch.equal(tr.model.w_user, w_before) and not torch.equal(tr.model.user_emb, emb_before)
+    tr.end_epoch()
+    assert sum(len(b) for b in tr.batches(rng)) == len(ds.train[target])  # then the target's pairs
+    assert tr.state_dict()["epoch"] == 1

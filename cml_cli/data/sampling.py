@@ -66,20 +66,22 @@ class BehaviorIndex:
 
 
 class TripleSampler:
-    """BPR triples over a dataset's behaviors, driven by the target behavior's training pairs.
+    """BPR triples over a dataset's behaviors, driven by one behavior's training pairs (the
+    ``anchor``, default the target).
 
-    An epoch is a shuffled partition of the target pairs into batches of ``batch`` rows. For
+    An epoch is a shuffled partition of the anchor's pairs into batches of ``batch`` rows. For
     the rows of a batch, :meth:`triples` gives one ``(user, pos, neg)`` triple set per
-    behavior in ``behaviors`` (indices into ``ds.behaviors``; default: the target only): for
-    the target, each pair with one uniform negative the user never bought; for an auxiliary
-    behavior k, ``aux_samples`` positives drawn uniformly from the user's items under k
-    (users without any are skipped) with negatives the user never had under k."""
+    behavior in ``behaviors`` (indices into ``ds.behaviors``; default: the anchor only): for
+    the anchor, each pair with one uniform negative item the user never had under it; for
+    another behavior k, ``aux_samples`` positives drawn uniformly from the user's items under
+    k (users without any are skipped) with negatives the user never had under k."""
 
-    def __init__(self, ds, batch: int, behaviors: list[int] | None = None, aux_samples: int = 1):
-        target = ds.train[ds.target]
-        self.user, self.item = target.user.astype(np.int64), target.item.astype(np.int64)
+    def __init__(self, ds, batch: int, behaviors: list[int] | None = None, aux_samples: int = 1,
+                 anchor: int | None = None):
+        self.target = len(ds.behaviors) - 1 if anchor is None else anchor
+        pairs = ds.train[ds.behaviors[self.target]]
+        self.user, self.item = pairs.user.astype(np.int64), pairs.item.astype(np.int64)
         self.batch, self.aux_samples = batch, aux_samples
-        self.target = len(ds.behaviors) - 1
         self.behaviors = list(behaviors) if behaviors is not None else [self.target]
         self.index = {k: BehaviorIndex(ds.train[ds.behaviors[k]].user, ds.train[ds.behaviors[k]].item, ds.n_users,
                                        ds.n_items) for k in self.behaviors}

@@ -138,9 +138,11 @@ class BPRTrainer:
     def _tensor(self, a: np.ndarray) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(self.device)
 
-    def loss(self, triples: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, dict[str, float]]:
-        """The weighted BPR + L2 objective of one batch's triples (one set per trained behavior)."""
-        outputs = self.model()
+    def loss(self, triples: list[tuple[Tensor, Tensor, Tensor]],
+             outputs: list[tuple[Tensor, Tensor]] | None = None) -> tuple[Tensor, dict[str, float]]:
+        """The weighted BPR + L2 objective of one batch's triples (one set per trained behavior)
+        on ``outputs`` (default: the model's, one ``(users, items)`` pair per behavior)."""
+        outputs = self.model() if outputs is None else outputs
         bpr = outputs[0][0].new_zeros(())
         for (e_u, e_i), (user, pos, neg), weight in zip(outputs, triples, self.weights):
             if user.numel():
@@ -153,9 +155,12 @@ class BPRTrainer:
         return total, {"loss": float(total.detach()), "bpr": float(bpr.detach()), "reg": float(reg.detach())}
 
     def train_batch(self, rows: np.ndarray, rng: np.random.Generator) -> dict[str, float]:
-        triples = [tuple(map(self._tensor, t)) for t in self.sampler.triples(rows, rng)]
+        return self._step([tuple(map(self._tensor, t)) for t in self.sampler.triples(rows, rng)])
+
+    def _step(self, triples: list[tuple[Tensor, Tensor, Tensor]],
+              outputs: list[tuple[Tensor, Tensor]] | None = None) -> dict[str, float]:
         self.opt.zero_grad(set_to_none=True)
-        loss, parts = self.loss(triples)
+        loss, parts = self.loss(triples, outputs)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"loss is {float(loss)}")
         loss.backward()

@@ -4,10 +4,12 @@ dataset's order (funnel order, target last)."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from cml_cli.config import RunConfig
 from cml_cli.data.dataset import MultiBehaviorDataset
+from cml_cli.data.sampling import TripleSampler
 from cml_cli.errors import InputError
 from cml_cli.model.baselines import bipartite_graph
 from cml_cli.model.peers.crgcn import CRGCN
@@ -31,9 +33,43 @@ def block_layers(ds: MultiBehaviorDataset, cfg: RunConfig) -> list[int]:
     return list(cfg.block_layers)
 
 
+class MBCGCNTrainer(BPRTrainer):
+    """MB-CGCN, BPR on the target behavior. The first ``pretrain_epochs`` epochs train the first
+    block alone with BPR on the first behavior's pairs (an epoch is then a pass over those
+    pairs), as the authors initialise it from a LightGCN trained on that behavior; the later
+    epochs train the whole cascade."""
+
+    def __init__(self, ds: MultiBehaviorDataset, cfg: RunConfig, device: torch.device):
+        super().__init__(ds, cfg, device, MBCGCN(behavior_graphs(ds, device), cfg.dim, block_layers(ds, cfg)))
+        self.first = TripleSampler(ds, cfg.batch, anchor=0)
+        self.epoch = 0
+
+    def _pretraining(self) -> bool:
+        return self.epoch < self.cfg.pretrain_epochs
+
+    def batches(self, rng: np.random.Generator) -> list[np.ndarray]:
+        return (self.first if self._pretraining() else self.sampler).epoch(rng)
+
+    def train_batch(self, rows: np.ndarray, rng: np.random.Generator) -> dict[str, float]:
+        if not self._pretraining():
+            return super().train_batch(rows, rng)
+        triples = [tuple(map(self._tensor, t)) for t in self.first.triples(rows, rng)]
+        return self._step(triples, self.model.first_block())
+
+    def end_epoch(self) -> None:
+        self.epoch += 1
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.epoch = int(state["epoch"])
+
+
 def mbcgcn_trainer(ds: MultiBehaviorDataset, cfg: RunConfig, device: torch.device) -> BPRTrainer:
-    """MB-CGCN, BPR on the target behavior."""
-    return BPRTrainer(ds, cfg, device, MBCGCN(behavior_graphs(ds, device), cfg.dim, block_layers(ds, cfg)))
+    """MB-CGCN (see :class:`MBCGCNTrainer`)."""
+    return MBCGCNTrainer(ds, cfg, device)
 
 
 def crgcn_trainer(ds: MultiBehaviorDataset, cfg: RunConfig, device: torch.device) -> BPRTrainer:

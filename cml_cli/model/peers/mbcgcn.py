@@ -22,8 +22,9 @@ class MBCGCN(nn.Module):
     transformation that carries one behavior's knowledge into the next), and the final
     embeddings are the linear combination :math:`e = \sum_{k=1}^{K} e^{(k)}`, scored by
     :math:`\hat x(u, i) = e_u \cdot e_i` and trained with BPR on the target behavior only.
-    Parameters start from :math:`\mathcal N(0, 0.01^2)`, as in the authors' code (without its
-    optional LightGCN pre-training of the first block).
+    Parameters start from :math:`\mathcal N(0, 0.01^2)`, as in the authors' code; their
+    pre-training of the first block (LightGCN with BPR on the first behavior) is the trainer's
+    ``pretrain_epochs`` (:meth:`first_block`).
 
     ``graphs`` are one-block graphs (``norm='symmetric'``), ``layers`` one count per block.
     """
@@ -36,6 +37,11 @@ class MBCGCN(nn.Module):
         self.item_emb = nn.Parameter(torch.randn(n_items, dim) * 0.01)
         self.w_user = nn.Parameter(torch.randn(max(k - 1, 0), dim, dim) * 0.01)
         self.w_item = nn.Parameter(torch.randn(max(k - 1, 0), dim, dim) * 0.01)
+
+    def first_block(self) -> list[tuple[Tensor, Tensor]]:
+        """``[(users, items)]`` of the first block alone (what pre-training trains)."""
+        e_u, e_i = lightgcn(self.graphs[0], self.user_emb, self.item_emb, self.layers[0])
+        return [(e_u[0], e_i[0])]
 
     def forward(self) -> list[tuple[Tensor, Tensor]]:
         """``[(users [|U|, d], items [|I|, d])]``: the combined embeddings."""
