@@ -53,11 +53,11 @@ MODELS: dict[str, ModelEntry] = {m.name: m for m in (
                _ADAM, {"merged": False}),
     ModelEntry("lightgcn-merged", "baseline", f"{_BASELINES}:lightgcn_trainer",
                "LightGCN on all behaviors merged into one graph", _ADAM, {"merged": True}),
-    # Settings of the authors' published commands: MB-CGCN (SS-00-SS/MBCGCN README) and CRGCN
-    # (MingshiYan/CRGCN main.py, CRGCN.sh).
+    # Settings of the authors' published commands: MB-CGCN (SS-00-SS/MBCGCN README; it pre-trains
+    # its first block for up to 1000 epochs on a GPU, here 3) and CRGCN (MingshiYan/CRGCN main.py).
     ModelEntry("mbcgcn", "peer", f"{_PEERS}:mbcgcn_trainer",
                "MB-CGCN (WWW 2023): cascading LightGCN blocks, BPR on the target",
-               {"dim": 64, "lr": 1e-3, "batch": 2048, "reg": 1e-4, "layers": 3}),
+               {"dim": 64, "lr": 1e-3, "batch": 2048, "reg": 1e-4, "layers": 3, "pretrain_epochs": 3}),
     ModelEntry("crgcn", "peer", f"{_PEERS}:crgcn_trainer",
                "CRGCN (TOIS 2023): residual cascade of LightGCN blocks, multi-task BPR",
                {"dim": 64, "lr": 1e-2, "batch": 1024, "reg": 1e-3, "layers": 1}),

@@ -163,8 +163,9 @@ def ablate_command(grid: dict, args, configs: dict[str, Path] | None = None) -> 
     return cmd
 
 
-# A tuned "model" is a registry model, or a CML variant with the options it fixes.
-TUNED = {"cml": ("cml", {"encoder": "cml"}), "cml-lightgcn": ("cml", {"encoder": "lightgcn"})}
+# A tuned "model" is a registry model, or a CML variant with the options it fixes: "cml" is the
+# paper's encoder (with the batch's positives held out, as it needs), "cml-lightgcn" the backbone.
+TUNED = {"cml": ("cml", {"encoder": "cml", "hold_out": True}), "cml-lightgcn": ("cml", {"encoder": "lightgcn"})}
 
 
 def tune_grid(grid: dict, args) -> tuple[dict[str, Path], list[dict]]:

@@ -36,8 +36,11 @@ _CORE = (
     Variant("adj-symmetric", {"adj": "symmetric"}, "ablation", "symmetrically normalised adjacency"),
     Variant("no-hold-out", {"hold_out": False}, "ablation",
             "batch positives stay in the propagated graph (the paper's training)"),
+    Variant("hold-out", {"hold_out": True}, "ablation", "batch positives left out of the propagated graph"),
     Variant("cml-lightgcn", {"encoder": "lightgcn"}, "ablation",
             "CML's objective on LightGCN's linear, normalised layers (is it the encoder or the objective?)"),
+    Variant("paper-encoder", {"encoder": "cml", "hold_out": True}, "ablation",
+            "the paper's encoder (sigmoid layers, projection), with the batch's positives held out"),
 )
 def builtin_variants(behaviors: list[str] | None = None) -> dict[str, Variant]:
     """The registered variants for a dataset whose behaviors are ``behaviors`` (target last):
