@@ -11,10 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent / "results" / "collapse"
+
+
+def command(d: dict) -> str:
+    """The recorded command, as run from the repository root with the default --out."""
+    cmd = re.sub(r"python \S*experiments/diagnose_collapse\.py", "python experiments/diagnose_collapse.py", d["command"])
+    return re.sub(r" --out \S*experiments/results/collapse(?= |$)", "", cmd)
 
 
 def _layers(row: dict) -> str:
@@ -37,7 +44,7 @@ def summary(labels: list[str]) -> str:
 
 def per_epoch(label: str) -> str:
     d = json.loads((HERE / f"{label}.json").read_text())
-    lines = [f"`{label}`: `{d['command']}`", "",
+    lines = [f"`{label}`: `{command(d)}`", "",
              "| epoch | valid HR@10 (sampled) | valid HR@10 (full) | coverage@10 | personalization@10 | score corr. | "
              "per layer: user share / saturated / score corr. |",
              "| ---: | ---: | ---: | ---: | ---: | ---: | :--- |"]
