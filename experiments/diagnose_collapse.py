@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"epoch": epoch, **measure(trainer, ds, users, cfg)})
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "layers"}), file=sys.stderr)
     result = {"label": args.label, "dataset": args.dataset, "config": cfg.to_dict(), "init_scale": args.init_scale,
-              "command": "python experiments/diagnose_collapse.py " + " ".join(sys.argv[1:]), "git_revision": git_revision(), "machine": machine(),
+              "command": "python experiments/diagnose_collapse.py " + " ".join(sys.argv[1:]),
+              "git_revision": git_revision(), "machine": machine(),
               "seconds": time.perf_counter() - started, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.label}.json").write_text(json.dumps(result, indent=1) + "\n")
