@@ -106,7 +106,9 @@ def plan_grids(study: dict, datasets: dict, args) -> list[dict]:
         settings = {**common, **ds.get("settings", {}), **g.get("settings", {})}
         tune = study.get("tune")
         if tune is not None:
-            settings = {**settings, **tune.get("settings", {})}
+            own = g.get("tune", {})
+            tune = {**tune, **own, "settings": {**tune.get("settings", {}), **own.get("settings", {})}}
+            settings = {**settings, **tune["settings"]}
         grid = {"dataset": g["dataset"], "label": ds.get("label", g["dataset"]), "source": ds["source"],
                 "format": ds["format"], "no_valid": ds.get("no_valid", False),
                 "name": g.get("name", f"{study['study']['slug']}-{g['dataset']}" if tune else g["dataset"]),
@@ -360,6 +362,8 @@ def page(study: dict, study_path: Path, results: list[dict], args, command: str,
         for fig in res["figures"]:
             lines += [f"![{grid['label']}: {fig.stem}]({fig.parent.name}/{fig.name})", ""]
         lines += ["<details><summary>Runs</summary>", "", runs_markdown(table), "</details>", ""]
+    if s.get("notes"):
+        lines += [s["notes"].strip(), ""]
     return "\n".join(lines)
 
 
