@@ -148,10 +148,9 @@ class TrialProgress:
     """Reports each epoch's validation NDCG@10 to the trial (pruning) and to an observer."""
 
     def __init__(self, trial, on_epoch: Callable[[int, int, float], None] | None = None):
-        self.trial, self.on_epoch, self.total = trial, on_epoch, 0
+        self.trial, self.on_epoch = trial, on_epoch
 
-    def start(self, epochs: int, done: int) -> None:
-        self.total = epochs
+    def start(self, epochs: int, done: int) -> None: ...
 
     def start_epoch(self, epoch: int, batches: int) -> None: ...
 
