@@ -137,10 +137,10 @@ class RunDir:
 
     def check_replaceable(self, force: bool) -> None:
         """May a new run start here? Yes when the directory is missing or empty, or, with
-        ``force``, when it is a run directory that no process is using."""
+        ``force``, when it is a run directory that no other process is using."""
         if self.is_empty():
             return
-        pid = self.holder()
+        pid = None if self._lock_file is not None else self.holder()  # holding the lock ourselves
         if pid is not None:
             who = f" (pid {pid})" if pid > 0 else ""
             raise InputError(f"{self.path}: another cml process{who} is using this run directory; nothing was "

@@ -200,3 +200,14 @@ def test_evaluate_says_which_checkpoint_it_used(finished, tmp_path):
     assert "best.ckpt does not exist; evaluating" in proc.stderr and "last.ckpt" in proc.stderr
     proc = installed("evaluate", finished, "--json")
     assert json.loads(proc.stdout)["checkpoint_used"].endswith("best.ckpt")
+
+
+def test_force_replaces_a_finished_run(data_dir, finished, tmp_path):
+    """--force on a run directory that no process uses: the old run is replaced."""
+    runs = tmp_path / "runs"
+    shutil.copytree(finished, runs / "done")
+    (runs / "done" / "metrics.json").unlink()
+    proc = installed("train", "-d", "synthetic", "--data-dir", data_dir, "--runs-dir", runs, "--name", "done",
+                     *SETTINGS[:-2], "--set", "epochs=1", "-q", "--force", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["epochs_run"] == 1 and (runs / "done" / "metrics.json").is_file()
