@@ -170,6 +170,24 @@ def ablate_command(grid: dict, args, configs: dict[str, Path] | None = None) -> 
 TUNED = {"cml": ("cml", {"encoder": "cml", "hold_out": True}), "cml-lightgcn": ("cml", {"encoder": "lightgcn"})}
 
 
+def space_without(model: str, fixed: dict, out: Path) -> Path | None:
+    """The model's default search space without the keys a grid fixes (None: nothing to drop)."""
+    from cml_cli.tune import default_space_file
+
+    default = default_space_file(model)
+    space = tomllib.loads(default.read_text())
+    dropped = [k for k in fixed if k in space]
+    if not dropped:
+        return None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"# {default.name} without {', '.join(dropped)} (fixed by the study)"]
+    for key, spec in space.items():
+        if key not in dropped:
+            lines += [f"[{key}]", *(f"{k} = {json.dumps(v)}" for k, v in spec.items()), ""]
+    out.write_text("\n".join(lines))
+    return out
+
+
 def tune_grid(grid: dict, args) -> tuple[dict[str, Path], list[dict]]:
     """``cml tune --until N`` of every tuned model of a grid (a study that already holds N
     finished trials runs nothing); returns the best.toml of each variant and what was run."""
@@ -180,6 +198,9 @@ def tune_grid(grid: dict, args) -> tuple[dict[str, Path], list[dict]]:
         cmd = [*_cml(), "tune", "--dataset", grid["dataset"], "--model", model, "--until", str(grid["tune"]["trials"]),
                "--name", name, "--runs-dir", _arg(args.runs_dir), "--data-dir", _arg(args.data_dir),
                "--jobs", str(args.jobs)]
+        space = space_without(model, {**grid["settings"], **fixed}, Path(args.runs_dir) / "spaces" / f"{name}.toml")
+        if space is not None:
+            cmd += ["--space", _arg(space)]
         for key, value in {**grid["settings"], **fixed}.items():
             cmd += ["--set", f"{key}={_set_value(value)}"]
         started = time.time()
