@@ -135,6 +135,39 @@ def test_parallel_jobs_run_exactly_the_trials_asked(data_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["trials"] == 3
     assert len(list((tmp_path / "runs" / "p").glob("trial-*"))) == 3
+    params = {tuple(line for line in (run / "config.toml").read_text().splitlines() if line.startswith("knn_"))
+              for run in (tmp_path / "runs" / "p").glob("trial-*")}
+    assert len(params) == 3, "parallel workers drew the same parameters"
+
+
+def test_trial_draws_depend_on_the_trial_number_only():
+    """Two workers, or a second invocation, must not repeat the first trials' random draws."""
+    import optuna
+
+    from cml_cli.tune.sampler import TrialSeededTPESampler
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def draws(storage, n, asks_at_once=1):
+        out = []
+        for _ in range(n // asks_at_once):
+            studies = [optuna.load_study(study_name="s", storage=storage, sampler=TrialSeededTPESampler(7))
+                       for _ in range(asks_at_once)]  # one per "worker", each with a fresh sampler
+            trials = [study.ask() for study in studies]
+            for study, trial in zip(studies, trials):
+                x = trial.suggest_float("x", 0.0, 1.0)
+                study.tell(trial, x)
+                out.append(x)
+        return out
+
+    def fresh():
+        storage = optuna.storages.InMemoryStorage()
+        optuna.create_study(study_name="s", storage=storage)
+        return storage
+
+    one_by_one, two_at_once = draws(fresh(), 6), draws(fresh(), 6, asks_at_once=2)
+    assert len(set(one_by_one)) == 6 and len(set(two_at_once)) == 6
+    assert one_by_one == two_at_once
 
 
 @pytest.mark.parametrize("extra, message", [

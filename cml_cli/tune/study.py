@@ -1,6 +1,7 @@
 """``cml tune``: an Optuna study whose objective is one strict-protocol run.
 
-A trial draws its parameters with the seeded TPE sampler, trains an ordinary run directory
+A trial draws its parameters with TPE seeded by the study's seed plus the trial's number
+(the same draws whatever the number of workers or invocations), trains an ordinary run directory
 ``<tune-dir>/trial-<n>`` (``evaluate_test=False``: test metrics are never computed for a
 trial) and returns the validation NDCG@10 of the selected epoch; the median pruner stops a
 trial whose per-epoch validation NDCG@10 falls below the median of earlier trials at the
@@ -107,9 +108,11 @@ def load_study(spec: TuneSpec, storage=None):
     storage = storage or open_storage(spec.storage)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2) if spec.pruner else \
         optuna.pruners.NopPruner()
+    from cml_cli.tune.sampler import TrialSeededTPESampler
+
     try:
         return optuna.create_study(storage=storage, study_name=STUDY, direction="maximize", load_if_exists=True,
-                                   sampler=optuna.samplers.TPESampler(seed=spec.seed), pruner=pruner)
+                                   sampler=TrialSeededTPESampler(spec.seed), pruner=pruner)
     except Exception as e:
         raise InputError(f"--storage {spec.storage}: cannot create or load the study ({type(e).__name__}: "
                          f"{' '.join(str(e).split())[:200]})") from None
