@@ -140,11 +140,13 @@ def main() -> None:
     cml = _run(tmall, args.data_dir, args.epochs, args.overrides)
     record(cml, 15.0, "CML on the full tmall (MB-CGCN files) within 15 s/epoch")
     for model in [m for m in args.models.split(",") if m]:
+        # MB-CGCN's first epochs pre-train its first block alone: time the cascade's own epochs.
+        own = [f"model={model}", *(["pretrain_epochs=0"] if model == "mbcgcn" else [])]
         same = [f"batch={cml['settings']['batch']}", f"dim={cml['settings']['dim']}"]
-        matched = _run(tmall, args.data_dir, args.epochs, [f"model={model}", *same])
+        matched = _run(tmall, args.data_dir, args.epochs, [*own, *same])
         matched["comparison"] = "matched: CML's batch size and dimension"
         record(matched, cml["median_seconds_per_epoch"], "no longer than a CML epoch")
-        preset = _run(tmall, args.data_dir, 1, [f"model={model}"])
+        preset = _run(tmall, args.data_dir, 1, own)
         preset["comparison"] = "the model's preset (its paper's batch and dimension)"
         record(preset)
     if args.record:

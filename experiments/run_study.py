@@ -296,6 +296,28 @@ def tuned_markdown(tuned: list[dict], grid: dict) -> list[str]:
             *commands, "", "</details>", ""]
 
 
+def full_ranking_markdown(table) -> list[str]:
+    """Full-ranking Recall/NDCG@10 and @20 and the beyond-accuracy measures, mean ± std over seeds."""
+    keys = ["recall@10", "ndcg@10", "recall@20", "ndcg@20", "coverage@10", "personalization@10", "arp@10"]
+    present = [k for k in keys if any(f"full:{k}" in r.metrics for r in table.rows)]
+    if not present:
+        return []
+    rows = ["| variant | " + " | ".join(present) + " |", "| :--- |" + " ---: |" * len(present)]
+    for r in table.rows:
+        cells = []
+        for k in present:
+            c = r.metrics.get(f"full:{k}")
+            if c is None or c.mean is None:
+                cells.append("")
+            elif k == "arp@10":
+                cells.append(f"{c.mean:.1f}")
+            else:
+                cells.append(f"{c.mean:.4f}" + ("" if c.std is None else f" ± {c.std:.4f}"))
+        rows.append(f"| {r.variant} | " + " | ".join(cells) + " |")
+    return ["Full ranking (all items ranked for each of 1,000 seeded test users, known interactions of the target "
+            "behavior masked; PyG's LinkPred metrics), mean ± std over seeds:", "", *rows, ""]
+
+
 def published_markdown(published: list[dict], grid: dict) -> list[str]:
     """Full-ranking HR@10 of the tuned configurations beside the published figures."""
     rows = ["| model | HR@10 | NDCG@10 | Recall@20 | epochs | source |", "| :--- | ---: | ---: | ---: | ---: | :--- |"]
@@ -372,6 +394,8 @@ def page(study: dict, study_path: Path, results: list[dict], args, command: str,
         if res.get("tuned"):
             lines += tuned_markdown(res["tuned"], grid)
         lines += [table_markdown(table), *[f"- {x}" for x in findings(table)], ""]
+        if res.get("tuned"):
+            lines += full_ranking_markdown(table)
         if res.get("published"):
             lines += published_markdown(res["published"], grid)
         elif isinstance(grid.get("published"), dict) and not grid.get("published_dataset"):
