@@ -2,10 +2,13 @@
 against popularity and item-kNN, by full-ranking HR@10, coverage@10 and sampled test HR@10.
 
     python experiments/collapse_checks.py retailrocket tmall:100 ijcai:100 tmall-mbcgcn:100
+    python experiments/collapse_checks.py retailrocket tmall=runs/studies/tuned-tmall:cml-lightgcn
 
 ``DATASET[:EPOCHS]`` caps the epochs (default: the preset's). Each run is an ordinary
-``cml train`` run under --runs-dir (reused when it finished before); the table printed gives
-the command of every run, and the git revision and machine of the CML runs.
+``cml train`` run under --runs-dir (reused when it finished before). ``DATASET=GRID:VARIANT``
+trains nothing: it reads the seed-0 runs of an ablation grid (CML = VARIANT, and the grid's
+``popularity`` and ``itemknn-merged``). The table printed gives the command of every run, and
+the git revision and machine of the CML runs.
 """
 
 from __future__ import annotations
@@ -31,10 +34,25 @@ def run(dataset: str, model: str, epochs: int | None, args) -> tuple[str, dict]:
     final = args.runs_dir / name / "metrics.json"
     if not final.is_file():
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-        proc = subprocess.run([sys.executable, "-m", "cml_cli", *cmd[1:], "--force"], cwd=REPO, env=env)
+        started = (args.runs_dir / name / "checkpoints" / "last.ckpt").is_file()  # interrupted: continue it
+        again = ["train", "--resume", str(args.runs_dir / name), "--quiet"] if started else [*cmd[1:], "--force"]
+        proc = subprocess.run([sys.executable, "-m", "cml_cli", *again], cwd=REPO, env=env)
         if proc.returncode != 0:
             raise SystemExit(f"error: `{' '.join(cmd)}` exited with {proc.returncode}")
     return " ".join(cmd), json.loads(final.read_text())
+
+
+def from_grid(grid: Path, variant: str) -> dict[str, tuple[str, dict]]:
+    """The seed-0 runs of an ablation grid: ``{model: (command, final metrics)}``."""
+    out = {}
+    for model, name in (("popularity", "popularity"), ("itemknn-merged", "itemknn-merged"), ("cml", variant)):
+        run_dir = grid / f"{name}-s0"
+        final = run_dir / "metrics.json"
+        if not final.is_file():
+            raise SystemExit(f"error: {run_dir}: no finished run (metrics.json missing)")
+        out[model] = (f"{grid.name}/{run_dir.name} (the grid's command is in its grid.json)",
+                      json.loads(final.read_text()))
+    return out
 
 
 def main() -> int:
@@ -48,9 +66,14 @@ def main() -> int:
              "epochs (best) | command |", "| :--- | :--- | ---: | ---: | ---: | ---: | ---: | ---: | :--- |"]
     checks = []
     for spec in args.datasets:
-        dataset, _, cap = spec.partition(":")
-        results = {m: run(dataset, m, int(cap) if cap and m == "cml" else None, args)
-                   for m in ("popularity", "itemknn-merged", "cml")}
+        if "=" in spec:
+            dataset, _, source = spec.partition("=")
+            grid, _, variant = source.rpartition(":")
+            results = from_grid(Path(grid).resolve(), variant or "cml")
+        else:
+            dataset, _, cap = spec.partition(":")
+            results = {m: run(dataset, m, int(cap) if cap and m == "cml" else None, args)
+                       for m in ("popularity", "itemknn-merged", "cml")}
         for model, (cmd, r) in results.items():
             f = r["test"]["full"]
             lines.append(f"| {dataset} | {model} | {f['hr@10']:.4f} | {f['coverage@10']:.4f} | "
