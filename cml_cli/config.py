@@ -188,8 +188,8 @@ PAPER_PRESETS: dict[str, dict[str, Any]] = {
 # split (experiments/results/tuned.md; rounded). ``<name>-paper`` is the paper's setting.
 PROJECT = dict(encoder="lightgcn", hold_out=False)
 PROJECT_CHANGES: dict[str, dict[str, Any]] = {
-    "tmall": dict(PROJECT),
-    "ijcai": dict(PROJECT),
+    "tmall": dict(PROJECT, lr=7e-4, max_lr=1e-2, reg=1e-5, beta=8e-4, dim=64, layers=2),
+    "ijcai": dict(PROJECT, lr=7e-4, max_lr=1e-2, reg=1e-5, beta=8e-4, dim=64, layers=2),
     "retailrocket": dict(PROJECT, lr=2e-3, max_lr=1e-2, reg=7e-5, beta=2.5e-4, dim=64, layers=2, batch=2048),
 }
 PRESETS: dict[str, dict[str, Any]] = {
