@@ -314,8 +314,9 @@ def full_ranking_markdown(table) -> list[str]:
             else:
                 cells.append(f"{c.mean:.4f}" + ("" if c.std is None else f" ± {c.std:.4f}"))
         rows.append(f"| {r.variant} | " + " | ".join(cells) + " |")
-    return ["Full ranking (all items ranked for each of 1,000 seeded test users, known interactions of the target "
-            "behavior masked; PyG's LinkPred metrics), mean ± std over seeds:", "", *rows, ""]
+    return ["Full ranking (all items ranked for every test user, the user's known items of the target behavior "
+            "masked; personalization over a fixed seeded sample of 1,000 users; PyG's LinkPred metrics), mean ± std "
+            "over seeds:", "", *rows, ""]
 
 
 def published_markdown(published: list[dict], grid: dict) -> list[str]:
