@@ -167,6 +167,23 @@ class RunConfig:
         return apply_overrides(cls(), values)
 
 
+# Keys only CML's trainer reads: two runs of any other model that differ in these alone
+# compute the same thing (ablate reuses such a run when a CML preset changes).
+CML_ONLY_KEYS = frozenset({
+    "max_lr", "cycle_up", "cycle_down", "wd", "meta_lr", "meta_max_lr", "meta_cycle_up", "meta_cycle_down",
+    "meta_wd", "meta_optimizer", "meta_momentum", "beta", "ssl_ratio", "meta_batch", "samp_num", "aux_samples",
+    "meta_dropout", "clip", "meta", "meta_grad", "meta_sampling", "virtual_lr", "contrastive", "encoder", "adj",
+    "act", "ego", "hold_out",
+})
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
+    """``"key: old -> new"`` for every key of ``new`` whose value differs from ``old``, leaving
+    out ``ignore`` and, unless ``new`` is a CML run, :data:`CML_ONLY_KEYS`."""
+    unread = set(ignore) | (set() if registry.kind_of(str(new.get("model", ""))) == "cml" else CML_ONLY_KEYS)
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in new if k not in unread and old.get(k) != new.get(k)]
+
+
 PAPER_PRESETS: dict[str, dict[str, Any]] = {
     "tmall": dict(batch=8192, lr=1e-3, max_lr=5e-3, cycle_up=5, cycle_down=10, wd=1e-4,
                   meta_lr=1e-4, meta_max_lr=2e-3, meta_cycle_up=3, meta_cycle_down=7, meta_wd=1e-4,

@@ -227,6 +227,18 @@ def test_changed_settings_do_not_silently_reuse_runs(grid, data_dir):
                  data_dir=data_dir)
 
 
+def test_keys_a_model_never_reads_do_not_block_reuse(grid, data_dir):
+    """A CML-only key (beta) changed: the baseline's run is reused, CML's is refused."""
+    first = grid_run("synthetic", ["popularity"], [0], FAST, name="g", runs_dir=grid["runs"], data_dir=data_dir)
+    again = grid_run("synthetic", ["popularity"], [0], {**FAST, "beta": "0.5"}, name="g", runs_dir=grid["runs"],
+                     data_dir=data_dir)
+    hr = [r["table"]["rows"][0]["metrics"]["hr@10"]["values"] for r in (first, again)]
+    assert again["executed"] == 0 and hr[0] == hr[1]
+    with pytest.raises(InputError, match=r"another configuration \(beta: "):
+        grid_run("synthetic", ["cml"], [0], {**FAST, "beta": "0.5"}, name="g", runs_dir=grid["runs"],
+                 data_dir=data_dir)
+
+
 def test_failing_run_is_marked_and_others_complete(grid, data_dir, tmp_path):
     vf = tmp_path / "v.toml"
     vf.write_text(DIVERGE)

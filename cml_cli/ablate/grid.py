@@ -13,7 +13,7 @@ from typing import Any
 
 from cml_cli.ablate.executors import EXECUTORS, _cores, _run_local, _run_ray
 from cml_cli.ablate.registry import REFERENCE, Variant, registry, select_variants
-from cml_cli.config import RunConfig, apply_overrides, compose, dataset_preset_name, load_toml
+from cml_cli.config import RunConfig, apply_overrides, compose, config_changes, dataset_preset_name, load_toml
 from cml_cli.data.dataset import N_NEGATIVES
 from cml_cli.data.store import (
     ARRAYS,
@@ -90,8 +90,7 @@ def _existing_runs(grid_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    keys = [k for k in new if k not in _IGNORED_KEYS and old.get(k) != new.get(k)]
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys]
+    return config_changes(old, new, _IGNORED_KEYS)
 
 
 def build_config(preset: str, overrides: dict[str, Any], variant: Variant, seed: int,

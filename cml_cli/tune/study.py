@@ -31,7 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from cml_cli import registry
-from cml_cli.config import RunConfig, apply_overrides, compose, config_to_toml, dataset_preset_name, load_toml
+from cml_cli.config import (
+    RunConfig,
+    apply_overrides,
+    compose,
+    config_changes,
+    config_to_toml,
+    dataset_preset_name,
+    load_toml,
+)
 from cml_cli.data.store import (
     ARRAYS,
     check_name,
@@ -341,7 +349,8 @@ def _train_best(spec: TuneSpec, tune_dir: Path, best_file: Path) -> dict[str, An
     cfg.seed = spec.seed
     cfg.validate()
     run = RunDir(tune_dir / "best")
-    final = run.read_final() if run.read_config_dict() == cfg.to_dict() else None
+    stored = run.read_config_dict()
+    final = run.read_final() if stored is not None and not config_changes(stored, cfg.to_dict(), ("device",)) else None
     if final is not None and final.get("test"):
         return final
     return train(spec.dataset_dir, cfg, runs_dir=tune_dir, name="best", force=True)
