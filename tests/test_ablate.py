@@ -90,7 +90,8 @@ def test_registry_has_every_variant_for_the_dataset_behaviors():
     assert [v.name for v in default] == list(reg)
     groups = select_variants(reg, ["cml", "baselines"])
     assert [v.name for v in groups] == ["cml", "popularity", "itemknn-merged", "bpr-mf", "lightgcn-target",
-                                        "lightgcn-merged"]
+                                        "lightgcn-merged", "mbcgcn", "crgcn"]
+    assert [v.name for v in select_variants(reg, ["peers"])] == ["mbcgcn", "crgcn"]
 
 
 def test_target_only_keeps_the_target(data_dir):

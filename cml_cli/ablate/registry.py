@@ -13,7 +13,8 @@ from cml_cli.config import RunConfig, apply_overrides, read_toml
 from cml_cli.errors import InputError
 
 REFERENCE = "cml"
-GROUPS = {"ablations": "ablation", "baselines": "baseline", "peers": "peer"}
+# Group name -> the variant kinds it selects (the peers are baselines too).
+GROUPS = {"ablations": ("ablation",), "baselines": ("baseline", "peer"), "peers": ("peer",)}
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def select_variants(reg: dict[str, Variant], names: list[str] | None) -> list[Va
         if name == "all":
             group = list(reg.values())
         elif name in GROUPS:
-            group = [v for v in reg.values() if v.kind == GROUPS[name]]
+            group = [v for v in reg.values() if v.kind in GROUPS[name]]
         elif name in reg:
             group = [reg[name]]
         else:
