@@ -177,10 +177,14 @@ CML_ONLY_KEYS = frozenset({
 })
 
 
-def config_changes(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
+# Keys that choose where a run computes, not what: a run is the same run whatever their values.
+PLACEMENT_KEYS = ("device",)
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``"key: old -> new"`` for every key of ``new`` whose value differs from ``old``, leaving
-    out ``ignore`` and, unless ``new`` is a CML run, :data:`CML_ONLY_KEYS`."""
-    unread = set(ignore) | (set() if registry.kind_of(str(new.get("model", ""))) == "cml" else CML_ONLY_KEYS)
+    out :data:`PLACEMENT_KEYS` and, unless ``new`` is a CML run, :data:`CML_ONLY_KEYS`."""
+    unread = set(PLACEMENT_KEYS) | (set() if registry.kind_of(str(new.get("model", ""))) == "cml" else CML_ONLY_KEYS)
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in new if k not in unread and old.get(k) != new.get(k)]
 
 

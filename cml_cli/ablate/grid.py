@@ -13,7 +13,7 @@ from typing import Any
 
 from cml_cli.ablate.executors import EXECUTORS, _cores, _run_local, _run_ray
 from cml_cli.ablate.registry import REFERENCE, Variant, registry, select_variants
-from cml_cli.config import RunConfig, apply_overrides, compose, config_changes, dataset_preset_name, load_toml
+from cml_cli.config import PLACEMENT_KEYS, RunConfig, apply_overrides, compose, config_changes, dataset_preset_name, load_toml
 from cml_cli.data.dataset import N_NEGATIVES
 from cml_cli.data.store import (
     ARRAYS,
@@ -27,9 +27,6 @@ from cml_cli.data.store import (
 )
 from cml_cli.errors import InputError
 from cml_cli.train.rundir import RunDir
-
-# Config keys that may differ between a stored run and the request without making it another run.
-_IGNORED_KEYS = ("device",)
 
 
 def dir_name(variant: str, seed: int) -> str:
@@ -75,7 +72,7 @@ class Unit:
 
 
 def _config_key(cfg: dict[str, Any]) -> str:
-    return json.dumps({k: v for k, v in cfg.items() if k not in _IGNORED_KEYS}, sort_keys=True)
+    return json.dumps({k: v for k, v in cfg.items() if k not in PLACEMENT_KEYS}, sort_keys=True)
 
 
 def _existing_runs(grid_dir: Path) -> dict[str, dict[str, Any]]:
@@ -87,10 +84,6 @@ def _existing_runs(grid_dir: Path) -> dict[str, dict[str, Any]]:
             if cfg is not None:
                 out[d.name] = cfg
     return out
-
-
-def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    return config_changes(old, new, _IGNORED_KEYS)
 
 
 def build_config(preset: str, overrides: dict[str, Any], variant: Variant, seed: int,
@@ -159,7 +152,7 @@ def _unit(path: Path, name: str, cfg: dict[str, Any], stored: dict[str, Any] | N
     if manifest is not None and manifest.get("dataset_checksum") != checksum:
         conflicts.append(f"{path} was trained on another version of the dataset")
         return Unit(name, "done", cfg)
-    diff = _diff(stored, cfg)
+    diff = config_changes(stored, cfg)
     if not diff:
         if manifest is None:
             return Unit(name, "new", cfg)

@@ -155,7 +155,11 @@ class BPRTrainer:
         return total, {"loss": float(total.detach()), "bpr": float(bpr.detach()), "reg": float(reg.detach())}
 
     def train_batch(self, rows: np.ndarray, rng: np.random.Generator) -> dict[str, float]:
-        return self._step([tuple(map(self._tensor, t)) for t in self.sampler.triples(rows, rng)])
+        return self._step(self._triples(self.sampler, rows, rng))
+
+    def _triples(self, sampler, rows: np.ndarray, rng: np.random.Generator) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """``sampler``'s triples for the batch ``rows``, as tensors on the trainer's device."""
+        return [tuple(map(self._tensor, t)) for t in sampler.triples(rows, rng)]
 
     def _step(self, triples: list[tuple[Tensor, Tensor, Tensor]],
               outputs: list[tuple[Tensor, Tensor]] | None = None) -> dict[str, float]:

@@ -53,8 +53,7 @@ class MBCGCNTrainer(BPRTrainer):
     def train_batch(self, rows: np.ndarray, rng: np.random.Generator) -> dict[str, float]:
         if not self._pretraining():
             return super().train_batch(rows, rng)
-        triples = [tuple(map(self._tensor, t)) for t in self.first.triples(rows, rng)]
-        return self._step(triples, self.model.first_block())
+        return self._step(self._triples(self.first, rows, rng), self.model.first_block())
 
     def end_epoch(self) -> None:
         self.epoch += 1

@@ -106,7 +106,10 @@ class RunDir:
         self._lock_file = f
 
     def holder(self) -> int | None:
-        """The pid of the process holding this run's lock, or None (nothing is created)."""
+        """The pid of another process holding this run's lock, or None (nothing is created;
+        a lock this object holds is not another process's)."""
+        if self._lock_file is not None:
+            return None
         try:
             f = open(self.path / ".lock")
         except OSError:
@@ -140,7 +143,7 @@ class RunDir:
         ``force``, when it is a run directory that no other process is using."""
         if self.is_empty():
             return
-        pid = None if self._lock_file is not None else self.holder()  # holding the lock ourselves
+        pid = self.holder()
         if pid is not None:
             who = f" (pid {pid})" if pid > 0 else ""
             raise InputError(f"{self.path}: another cml process{who} is using this run directory; nothing was "

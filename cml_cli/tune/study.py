@@ -350,7 +350,7 @@ def _train_best(spec: TuneSpec, tune_dir: Path, best_file: Path) -> dict[str, An
     cfg.validate()
     run = RunDir(tune_dir / "best")
     stored = run.read_config_dict()
-    final = run.read_final() if stored is not None and not config_changes(stored, cfg.to_dict(), ("device",)) else None
+    final = run.read_final() if stored is not None and not config_changes(stored, cfg.to_dict()) else None
     if final is not None and final.get("test"):
         return final
     return train(spec.dataset_dir, cfg, runs_dir=tune_dir, name="best", force=True)
