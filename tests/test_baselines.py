@@ -194,7 +194,7 @@ def test_bpr_loss_matches_hand_computation(tiny, model):
     tr = make_trainer(tiny, _cfg(model, reg=0.05), CPU)
     rng = np.random.default_rng(0)
     triples = [tuple(torch.from_numpy(a) for a in t) for t in tr.sampler.triples(tr.batches(rng)[0], rng)]
-    loss, parts = tr.loss(triples)
+    loss, parts = tr.model.loss(triples)
     user, pos, neg = triples[0]
     e_u, e_i = (t.detach().double() for t in tr.model()[-1])
     ego_u, ego_i = tr.model.user_emb.detach().double(), tr.model.item_emb.detach().double()

@@ -140,11 +140,11 @@ def test_peer_one_gradient_step_lowers_the_loss(tiny_dir, model):
     rng = np.random.default_rng(0)
     rows = tr.batches(rng)[0]
     triples = [tuple(torch.from_numpy(a) for a in t) for t in tr.sampler.triples(rows, rng)]
-    before, _ = tr.loss(triples)
+    before, _ = tr.model.loss(triples)
     tr.opt.zero_grad()
     before.backward()
     tr.opt.step()
-    after, _ = tr.loss(triples)
+    after, _ = tr.model.loss(triples)
     assert float(after.detach()) < float(before.detach())
 
 

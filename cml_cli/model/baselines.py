@@ -1,12 +1,7 @@
-"""Baseline models: popularity, item-kNN, BPR-MF and LightGCN (their trainers are in
-:mod:`cml_cli.train.baseline_trainers`).
-
-* popularity: an item's score is its number of training users over all behaviors merged.
-* item-kNN: cosine item-item co-occurrence on the merged binary matrix ``X`` (with optional
-  shrinkage and neighbourhood size), :math:`\\hat x(u, i) = \\sum_{j \\in X_u} S_{ji}`.
-* :class:`MF`: user and item tables, :math:`\\hat x(u, i) = p_u \\cdot q_i`.
-* :class:`LightGCN`: linear propagation over one bipartite graph (the target behavior's, or
-  all behaviors merged), mean over layers including layer 0.
+r"""The baselines: popularity, item-kNN, BPR-MF and LightGCN (their trainers are in
+:mod:`cml_cli.train.baseline_trainers`). Popularity and item-kNN are fitted in closed form;
+:class:`MF` and :class:`LightGCN` are :class:`~cml_cli.model.losses.BPRModel` s, trained with
+the BPR objective they own.
 """
 
 from __future__ import annotations
@@ -17,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from cml_cli.data.dataset import MultiBehaviorDataset
+from cml_cli.model.losses import BPRModel, Embeddings
 from cml_cli.model.propagation import BehaviorGraph, lightgcn, unique_pairs
 
 BLOCK = 1 << 22  # entries of a dense score block in item-kNN scoring (16 MiB of float32)
@@ -36,7 +32,17 @@ def item_popularity(ds: MultiBehaviorDataset) -> np.ndarray:
 
 
 class PopularityScorer:
-    """``score(u, i) = counts[i]`` for every user."""
+    r"""Most-popular items first, the same list for every user:
+
+    .. math::
+        \hat x(u, i) = |\{v : X_{vi} = 1\}|
+
+    with :math:`X` the binary matrix of all behaviors' training interactions
+    (:func:`item_popularity`).
+
+    Args:
+        counts (Tensor): each item's popularity, shape ``[|I|]``.
+    """
 
     def __init__(self, counts: Tensor):
         self.counts = counts
@@ -49,8 +55,25 @@ class PopularityScorer:
 
 
 class ItemKNNScorer:
-    r""":math:`\hat x(u, i) = \sum_{j \in X_u} S_{ji}`: ``X[users] @ S`` for chunks of users, as
-    dense blocks of at most ``block`` entries (users x items), from which candidates are read."""
+    r"""Item-based nearest neighbours, from `"Item-Based Collaborative Filtering
+    Recommendation Algorithms" <https://doi.org/10.1145/371920.372071>`_ (Sarwar et al.,
+    WWW 2001), with the shrunk cosine similarity that `"Are We Really Making Much
+    Progress?" <https://arxiv.org/abs/1907.06902>`_ (Ferrari Dacrema et al., RecSys 2019)
+    tunes as a baseline:
+
+    .. math::
+        \hat x(u, i) = \sum_{j \in X_u} S_{ji}
+
+    with :math:`X_u` the items user :math:`u` interacted with under any behavior and
+    :math:`S` from :func:`cosine_similarity` and :func:`keep_neighbours`. Computed as
+    ``X[users] @ S`` for chunks of users, as dense blocks of at most ``block`` entries
+    (users x items), from which the candidates are read.
+
+    Args:
+        x (scipy.sparse.csr_matrix): :math:`X`, binary, shape ``[|U|, |I|]``.
+        sim (scipy.sparse.csr_matrix): :math:`S`, shape ``[|I|, |I|]``.
+        block (int, optional): entries of a dense score block (default: 4 Mi, 16 MiB of float32).
+    """
 
     def __init__(self, x: sp.csr_matrix, sim: sp.csr_matrix, block: int = BLOCK):
         self.x, self.sim, self.block = x, sim, block
@@ -120,37 +143,70 @@ def keep_neighbours(sim: sp.csr_matrix, k: int) -> sp.csr_matrix:
     return pruned.T.tocsr()  # row i held i's neighbours; as columns they score item i
 
 
-class MF(nn.Module):
-    r"""Matrix factorisation, :math:`\hat x(u, i) = p_u \cdot q_i` (Xavier-uniform tables)."""
+class MF(BPRModel):
+    r"""Matrix factorisation trained with BPR, from `"BPR: Bayesian Personalized Ranking from
+    Implicit Feedback" <https://arxiv.org/abs/1205.2618>`_ (Rendle et al., UAI 2009):
 
-    def __init__(self, n_users: int, n_items: int, dim: int):
-        super().__init__()
+    .. math::
+        \hat x(u, i) = p_u \cdot q_i
+
+    trained on the target behavior with :meth:`~cml_cli.model.losses.BPRModel.loss`. Unlike
+    the paper (SGD with bootstrap sampling), training uses Adam over epochs of the target
+    pairs, and the tables start Xavier-uniform.
+
+    Args:
+        n_users (int): :math:`|U|`.
+        n_items (int): :math:`|I|`.
+        dim (int): the embedding size :math:`d`.
+        reg (float, optional): the L2 coefficient of the loss (default: 0).
+
+    Shapes:
+        - **output:** ``[(users [|U|, d], items [|I|, d])]``
+    """
+
+    def __init__(self, n_users: int, n_items: int, dim: int, reg: float = 0.0):
+        super().__init__(reg)
         self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_users, dim)))
         self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_items, dim)))
 
-    def forward(self) -> list[tuple[Tensor, Tensor]]:
-        """``[(users [|U|, d], items [|I|, d])]``: the scoring embeddings (trained on the target)."""
+    def forward(self) -> list[Embeddings]:
+        """The scoring embeddings (trained on the target), one pair."""
         return [(self.user_emb, self.item_emb)]
 
 
-class LightGCN(nn.Module):
-    r"""LightGCN (He et al., SIGIR 2020) on one bipartite graph:
+class LightGCN(BPRModel):
+    r"""The LightGCN model from `"LightGCN: Simplifying and Powering Graph Convolution Network
+    for Recommendation" <https://arxiv.org/abs/2002.02126>`_ (He et al., SIGIR 2020), on one
+    bipartite graph (the target behavior's, or all behaviors merged):
 
     .. math::
-        e^{(l+1)}_u = \sum_{i \in N(u)} \frac{e^{(l)}_i}{\sqrt{|N(u)|\,|N(i)|}}, \qquad
-        e_u = \frac{1}{L+1} \sum_{l=0}^{L} e^{(l)}_u
+        e^{(l+1)}_u = \sum_{i \in \mathcal N(u)} \frac{e^{(l)}_i}{\sqrt{|\mathcal N(u)|\,|\mathcal N(i)|}},
+        \qquad e_u = \frac{1}{L+1} \sum_{l=0}^{L} e^{(l)}_u
 
-    (items alike). ``graph`` is a one-block :class:`BehaviorGraph` with ``norm='symmetric'``.
+    (items alike), :math:`\hat x(u, i) = e_u \cdot e_i`, trained with
+    :meth:`~cml_cli.model.losses.BPRModel.loss` on the target behavior. As in the paper, the
+    layer weights are uniform and the L2 penalty is on the layer-0 embeddings; the tables
+    start Xavier-uniform. The propagation is :func:`~cml_cli.model.propagation.lightgcn`,
+    which the tests check against PyG's :class:`torch_geometric.nn.models.LightGCN`.
+
+    Args:
+        graph (BehaviorGraph): a one-block graph with ``norm='symmetric'``.
+        dim (int): the embedding size :math:`d`.
+        layers (int): the number of propagation layers :math:`L`.
+        reg (float, optional): the L2 coefficient of the loss (default: 0).
+
+    Shapes:
+        - **output:** ``[(users [|U|, d], items [|I|, d])]``
     """
 
-    def __init__(self, graph: BehaviorGraph, dim: int, layers: int):
-        super().__init__()
+    def __init__(self, graph: BehaviorGraph, dim: int, layers: int, reg: float = 0.0):
+        super().__init__(reg)
         self.graph, self.layers = graph, layers
         self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(graph.n_users, dim)))
         self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(graph.n_items, dim)))
 
-    def forward(self) -> list[tuple[Tensor, Tensor]]:
-        """``[(users [|U|, d], items [|I|, d])]`` after propagation."""
+    def forward(self) -> list[Embeddings]:
+        """The embeddings after propagation, one pair."""
         users, items = lightgcn(self.graph, self.user_emb, self.item_emb, self.layers)
         return [(users[0], items[0])]
 

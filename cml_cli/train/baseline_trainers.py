@@ -3,23 +3,16 @@
 
 * :class:`PopularityTrainer`, :class:`ItemKNNTrainer`: fitted in the constructor
   (``trainable = False``), then one epoch without batches.
-* :class:`BPRTrainer`: Adam on a model whose ``forward()`` returns ``(users, items)``
-  embeddings per trained behavior, the target's last (also the scoring embeddings). For a
-  batch of ``B`` target pairs the loss is
-
-  .. math::
-      \\sum_k \\lambda_k \\frac{1}{B_k}\\sum -\\log\\sigma(\\hat x^k_{ui^+} - \\hat x^k_{ui^-})
-      + \\frac{reg}{B}\\sum (\\|e_u\\|^2 + \\|e_{i^+}\\|^2 + \\|e_{i^-}\\|^2)
-
-  with :math:`\\lambda_k = 1` unless the model sets ``loss_weights``, and the L2 term on the
-  layer-0 tables over the target triples (``model.user_emb`` / ``model.item_emb``).
+* :class:`BPRTrainer`: Adam on a :class:`~cml_cli.model.losses.BPRModel` (MF, LightGCN and
+  the peers). The trainer samples each batch's triples and steps the optimizer; the
+  objective is the model's own :meth:`~cml_cli.model.losses.BPRModel.loss`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from cml_cli.config import RunConfig
 from cml_cli.data.dataset import MultiBehaviorDataset
@@ -37,7 +30,7 @@ from cml_cli.model.baselines import (
     keep_neighbours,
     merged_matrix,
 )
-from cml_cli.model.losses import bpr_loss, l2_reg
+from cml_cli.model.losses import BPRModel, Embeddings, Triple
 
 
 class FittedTrainer:
@@ -119,17 +112,17 @@ class ItemKNNTrainer(FittedTrainer):
 
 
 class BPRTrainer:
-    """Adam on ``model`` with BPR over the behaviors ``behaviors`` (indices into the dataset's
-    behaviors, target last; default the target only), see the module docstring."""
+    """Adam on ``model``: each batch samples one ``(user, pos, neg)`` triple set per trained
+    behavior (``behaviors``: indices into the dataset's behaviors, target last; default the
+    target only) and takes one step on ``model.loss``."""
 
     trainable = True
 
-    def __init__(self, ds: MultiBehaviorDataset, cfg: RunConfig, device: torch.device, model: nn.Module,
+    def __init__(self, ds: MultiBehaviorDataset, cfg: RunConfig, device: torch.device, model: BPRModel,
                  behaviors: list[int] | None = None):
         self.cfg, self.device = cfg, device
         self.model = model.to(device)
         self.sampler = TripleSampler(ds, cfg.batch, behaviors)
-        self.weights = list(getattr(model, "loss_weights", None) or [1.0] * len(self.sampler.behaviors))
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
 
     def batches(self, rng: np.random.Generator) -> list[np.ndarray]:
@@ -138,33 +131,17 @@ class BPRTrainer:
     def _tensor(self, a: np.ndarray) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(self.device)
 
-    def loss(self, triples: list[tuple[Tensor, Tensor, Tensor]],
-             outputs: list[tuple[Tensor, Tensor]] | None = None) -> tuple[Tensor, dict[str, float]]:
-        """The weighted BPR + L2 objective of one batch's triples (one set per trained behavior)
-        on ``outputs`` (default: the model's, one ``(users, items)`` pair per behavior)."""
-        outputs = self.model() if outputs is None else outputs
-        bpr = outputs[0][0].new_zeros(())
-        for (e_u, e_i), (user, pos, neg), weight in zip(outputs, triples, self.weights):
-            if user.numel():
-                eu = e_u[user]
-                bpr = bpr + weight * bpr_loss((eu * e_i[pos]).sum(-1), (eu * e_i[neg]).sum(-1)).mean()
-        user, pos, neg = triples[-1]
-        reg = l2_reg(self.model.user_emb[user], self.model.item_emb[pos], self.model.item_emb[neg]) / max(
-            user.numel(), 1)
-        total = bpr + self.cfg.reg * reg
-        return total, {"loss": float(total.detach()), "bpr": float(bpr.detach()), "reg": float(reg.detach())}
-
     def train_batch(self, rows: np.ndarray, rng: np.random.Generator) -> dict[str, float]:
         return self._step(self._triples(self.sampler, rows, rng))
 
-    def _triples(self, sampler, rows: np.ndarray, rng: np.random.Generator) -> list[tuple[Tensor, Tensor, Tensor]]:
+    def _triples(self, sampler: TripleSampler, rows: np.ndarray, rng: np.random.Generator) -> list[Triple]:
         """``sampler``'s triples for the batch ``rows``, as tensors on the trainer's device."""
         return [tuple(map(self._tensor, t)) for t in sampler.triples(rows, rng)]
 
-    def _step(self, triples: list[tuple[Tensor, Tensor, Tensor]],
-              outputs: list[tuple[Tensor, Tensor]] | None = None) -> dict[str, float]:
+    def _step(self, triples: list[Triple], outputs: list[Embeddings] | None = None) -> dict[str, float]:
+        """One Adam step on ``model.loss(triples, outputs)``; returns the loss parts."""
         self.opt.zero_grad(set_to_none=True)
-        loss, parts = self.loss(triples, outputs)
+        loss, parts = self.model.loss(triples, outputs)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"loss is {float(loss)}")
         loss.backward()
@@ -203,10 +180,10 @@ class BPRTrainer:
 
 def bpr_mf_trainer(ds: MultiBehaviorDataset, cfg: RunConfig, device: torch.device) -> BPRTrainer:
     """BPR-MF on the target behavior."""
-    return BPRTrainer(ds, cfg, device, MF(ds.n_users, ds.n_items, cfg.dim))
+    return BPRTrainer(ds, cfg, device, MF(ds.n_users, ds.n_items, cfg.dim, cfg.reg))
 
 
 def lightgcn_trainer(ds: MultiBehaviorDataset, cfg: RunConfig, device: torch.device, merged: bool) -> BPRTrainer:
     """LightGCN on the target behavior's graph (or all behaviors merged), BPR on target pairs."""
     graph = bipartite_graph(ds, list(ds.behaviors) if merged else [ds.target], device)
-    return BPRTrainer(ds, cfg, device, LightGCN(graph, cfg.dim, cfg.layers))
+    return BPRTrainer(ds, cfg, device, LightGCN(graph, cfg.dim, cfg.layers, cfg.reg))

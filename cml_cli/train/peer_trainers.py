@@ -40,7 +40,8 @@ class MBCGCNTrainer(BPRTrainer):
     epochs train the whole cascade."""
 
     def __init__(self, ds: MultiBehaviorDataset, cfg: RunConfig, device: torch.device):
-        super().__init__(ds, cfg, device, MBCGCN(behavior_graphs(ds, device), cfg.dim, block_layers(ds, cfg)))
+        super().__init__(ds, cfg, device, MBCGCN(behavior_graphs(ds, device), cfg.dim, block_layers(ds, cfg),
+                                                  cfg.reg))
         self.first = TripleSampler(ds, cfg.batch, anchor=0)
         self.epoch = 0
 
@@ -73,5 +74,5 @@ def mbcgcn_trainer(ds: MultiBehaviorDataset, cfg: RunConfig, device: torch.devic
 
 def crgcn_trainer(ds: MultiBehaviorDataset, cfg: RunConfig, device: torch.device) -> BPRTrainer:
     """CRGCN, BPR on every behavior (multi-task)."""
-    return BPRTrainer(ds, cfg, device, CRGCN(behavior_graphs(ds, device), cfg.dim, block_layers(ds, cfg)),
-                      behaviors=list(range(len(ds.behaviors))))
+    model = CRGCN(behavior_graphs(ds, device), cfg.dim, block_layers(ds, cfg), cfg.reg)
+    return BPRTrainer(ds, cfg, device, model, behaviors=list(range(len(ds.behaviors))))
