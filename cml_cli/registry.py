@@ -1,9 +1,10 @@
 """The one list of models: name -> (trainer factory, kind).
 
-Configuration validation (``RunConfig.model``), ``cml ablate``'s variants and groups,
-``cml report``'s grouping and ``cml tune``'s default search spaces all read
-:data:`MODELS`; nothing else lists model names. Factories are named by import path and
-imported on first use, so reading the registry never imports torch.
+Configuration validation (``RunConfig.model``, ``cml tune --model``), ``cml ablate``'s
+variants and groups and ``cml report``'s grouping read :data:`MODELS`; nothing else lists
+model names (``cml tune``'s default search spaces are files named after the models,
+``cml_cli/tune/spaces/<model>.toml``). Factories are named by import path and imported on
+first use, so reading the registry never imports torch.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from typing import Any
-
-KINDS = ("cml", "baseline", "peer")
 
 
 @dataclass(frozen=True)

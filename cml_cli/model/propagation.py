@@ -19,8 +19,6 @@ from torch_geometric.utils import spmm
 
 warnings.filterwarnings("ignore", message="Sparse (invariant checks|CSR tensor support)")
 
-NORMS = ("none", "symmetric", "mean")
-
 
 def unique_pairs(users: list[np.ndarray], items: list[np.ndarray], n_items: int) -> tuple[np.ndarray, np.ndarray]:
     """The distinct ``(user, item)`` pairs of several interaction lists (one edge per pair)."""

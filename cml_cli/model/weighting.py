@@ -1,4 +1,4 @@
-"""Meta weight network (spec §4): turns each individual loss into a weight."""
+"""CML's meta weight network: turns each individual loss into a weight."""
 
 from __future__ import annotations
 
@@ -10,17 +10,31 @@ from torch import Tensor, nn
 
 
 class MetaWeightNet(nn.Module):
-    r"""Weights for contrastive and BPR losses from the loss value and the user's embeddings.
-
-    With :math:`z_1 = [\ell \mathbf{1}_d \| x \| y]` and :math:`z_2 = \ell \cdot z`:
+    r"""The weight network of CML's meta contrastive encoding, from `"Contrastive Meta Learning
+    with Behavior Multiplicity for Recommendation" <https://arxiv.org/abs/2202.08523>`_ (Wei
+    et al., WSDM 2022): it weighs every individual loss :math:`\ell` (one example's BPR loss,
+    one user's contrastive loss) from the loss itself and the user's embeddings. With
+    :math:`z_1 = [\ell \mathbf{1}_d \,\|\, x \,\|\, y] \in \mathbb R^{3d}` and
+    :math:`z_2 = \ell \cdot z`:
 
     .. math::
-        w_1 = \sigma(\mathrm{BN}(\sqrt{3d}\,\mathrm{Drop}(W_2\,\mathrm{Drop}(\mathrm{PReLU}(W_1 z_1))))),\quad
-        w_2 = \sigma(\mathrm{BN}(\mathrm{Drop}(\mathrm{PReLU}(W_3 z_2))))
+        w_1 = \sigma\big(\mathrm{BN}(\sqrt{3d}\,\mathrm{Drop}(W_2\,\mathrm{Drop}(\mathrm{PReLU}(W_1 z_1))))\big),
+        \qquad w_2 = \sigma\big(\mathrm{BN}(\mathrm{Drop}(\mathrm{PReLU}(W_3 z_2)))\big)
 
-    and :math:`w_{cl} = (w_1 + w_2)/2` with :math:`(x, y, z) = (e_u^k, e_u, [e_u^k \| e_u])`,
-    :math:`w_{bpr} = w_1 + w_2` with :math:`(x, y, z) = (e_u, e_u^k, e_u)`. One PReLU and one
-    ``BatchNorm1d(1)`` are shared by all branches, as in the reference.
+    with :math:`W_1 \in \mathbb R^{3d/2 \times 3d}`, :math:`W_2 \in \mathbb R^{1 \times 3d/2}`
+    and :math:`W_3` of one output; then :math:`w_{cl} = (w_1 + w_2)/2` with
+    :math:`(x, y, z) = (e_u^k, e_u, [e_u^k \| e_u])` (:meth:`contrastive`) and
+    :math:`w_{bpr} = w_1 + w_2` with :math:`(x, y, z) = (e_u, e_u^k, e_u)` (:meth:`bpr`), each
+    kind with its own linear layers. The paper leaves the network's shapes, the "copy" of
+    :math:`\ell` into :math:`d` dimensions and the scale open; they follow the authors'
+    reference code, including its one PReLU and one ``BatchNorm1d(1)`` shared by all
+    branches. The weights are not detached from :math:`\ell` (gradients flow through it).
+    Batch normalisation of a single example uses the running statistics (training-mode batch
+    statistics are undefined for one value).
+
+    Args:
+        dim (int): the embedding size :math:`d` (default: 16).
+        dropout (float): the dropout probability of every ``Drop`` (default: 0.8, the reference's).
     """
 
     def __init__(self, dim: int = 16, dropout: float = 0.8):
@@ -44,14 +58,32 @@ class MetaWeightNet(nn.Module):
         return torch.sigmoid(self._norm(a))
 
     def contrastive(self, loss: Tensor, e_uk: Tensor, e_u: Tensor) -> Tensor:
-        """``loss [n]``, ``e_uk [n, d]``, ``e_u [n, d]`` -> weights ``[n]``."""
+        r""":math:`w_{cl}` of contrastive losses.
+
+        Args:
+            loss (Tensor): :math:`\ell^k_{cl}(u)`, shape ``[n]``.
+            e_uk (Tensor): the users' behavior-:math:`k` embeddings :math:`e_u^k`, shape ``[n, d]``.
+            e_u (Tensor): the users' aggregated embeddings :math:`e_u`, shape ``[n, d]``.
+
+        Returns:
+            Tensor: the weights, shape ``[n]``, in :math:`(0, 1)`.
+        """
         ell = loss[:, None]
         w1 = self._first(torch.cat([ell.expand(-1, self.dim), e_uk, e_u], dim=1), self.cl1, self.cl2)
         w2 = torch.sigmoid(self._norm(self.dropout(self.prelu(self.cl3(ell * torch.cat([e_uk, e_u], dim=1))))))
         return ((w1 + w2) / 2).squeeze(1)
 
     def bpr(self, loss: Tensor, e_u: Tensor, e_uk: Tensor) -> Tensor:
-        """``loss [n]``, ``e_u [n, d]``, ``e_uk [n, d]`` -> weights ``[n]``."""
+        r""":math:`w_{bpr}` of BPR losses.
+
+        Args:
+            loss (Tensor): :math:`\ell_{bpr}` of each example, shape ``[n]``.
+            e_u (Tensor): the examples' users' aggregated embeddings :math:`e_u`, shape ``[n, d]``.
+            e_uk (Tensor): their behavior-:math:`k` embeddings :math:`e_u^k`, shape ``[n, d]``.
+
+        Returns:
+            Tensor: the weights, shape ``[n]``, in :math:`(0, 2)`.
+        """
         ell = loss[:, None]
         w1 = self._first(torch.cat([ell.expand(-1, self.dim), e_u, e_uk], dim=1), self.bpr1, self.bpr2)
         w2 = torch.sigmoid(self._norm(self.dropout(self.prelu(self.bpr3(ell * e_u)))))
