@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -10,6 +10,7 @@ import torch
 from cml_cli.evaluate import Scorer
 
 
+@runtime_checkable
 class Trainer(Protocol):
     """What :mod:`cml_cli.train.loop` needs from every model (CML, baselines, peers).
 
@@ -17,7 +18,10 @@ class Trainer(Protocol):
     fitted in the constructor (popularity, item-kNN), which then run a single epoch without
     batches. ``model_state()`` holds what scoring needs (the best checkpoint) and its keys
     are a subset of ``state_dict()``'s, which adds what resuming needs (optimizers,
-    schedules, counters)."""
+    schedules, counters).
+
+    The protocol is ``runtime_checkable``: ``tests/test_conformance.py`` checks every model of
+    the registry against it (``isinstance`` and the methods' signatures)."""
 
     device: torch.device
     trainable: bool
