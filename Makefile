@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev,plot,ray,tune]'
+	$(BIN)/python -m pip install -q -e '.[dev,plot,ray,tune,tensorboard,mlflow]'
 	$(BIN)/python -m pip install -q atheris || echo "atheris did not install: its fuzz test will be skipped"
 	touch $(STAMP)
 

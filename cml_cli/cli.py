@@ -31,6 +31,8 @@ DataDir = typer.Option(None, "--data-dir", envvar="CML_DATA_DIR",
 RunsDir = typer.Option(Path("runs"), "--runs-dir", help="Run directories live here.")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout and nothing else there.")
 SetOpt = typer.Option([], "--set", help="Override an option: key=value (repeatable; keys: cml_cli.config.RunConfig).")
+TrackOpt = typer.Option(None, "--track", help="Also log to tensorboard (event files in each run directory) or mlflow "
+                        "($MLFLOW_TRACKING_URI, default ./mlruns).")
 
 
 def _data_dir(path: Optional[Path]) -> Path:
@@ -43,6 +45,16 @@ def _print_json(obj) -> None:
 
 def _note(text: str) -> None:
     err.print(f"note: {escape(text)}", highlight=False)
+
+
+def _tracking(track: Optional[str]):
+    """``--track`` as a :class:`cml_cli.tracking.Tracking` (the library checks it before any
+    work: a missing extra exits 2), or None."""
+    if track is None:
+        return None
+    from cml_cli.tracking import Tracking
+
+    return Tracking(track)
 
 
 def _split_list(value: Optional[str], option: str) -> Optional[list[str]]:
@@ -172,6 +184,7 @@ def train_cmd(
     runs_dir: Path = RunsDir,
     data_dir: Optional[Path] = DataDir,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    track: Optional[str] = TrackOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Train CML (or a baseline) with a preset, checkpoints and progress."""
@@ -200,16 +213,18 @@ def train_cmd(
             if value is not None:
                 overrides[key] = value
         cfg = resolve_config(preset or dataset_preset_name(manifest), config, overrides)
+    tracking = _tracking(track)
+    tracker = tracking.check().tracker() if tracking else None
     from cml_cli.train.loop import resume as resume_run
     from cml_cli.train.loop import train
     from cml_cli.train.progress import NullProgress, RichProgress
 
     progress = NullProgress() if quiet or as_json else RichProgress(err)
     if resume is not None:
-        result = resume_run(resume, data_dir=data_dir, progress=progress, epochs=epochs)
+        result = resume_run(resume, data_dir=data_dir, progress=progress, epochs=epochs, tracker=tracker)
     else:
         result = train(dataset, cfg, data_dir=data_dir, runs_dir=runs_dir, name=name, force=force,
-                       progress=progress)
+                       progress=progress, tracker=tracker)
     if as_json:
         _print_json(result)
     else:
@@ -280,6 +295,7 @@ def ablate(
                                                  "of overrides."),
     runs_dir: Path = RunsDir,
     data_dir: Optional[Path] = DataDir,
+    track: Optional[str] = TrackOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Run a grid of variants x seeds (reusing finished runs) and write the comparison table."""
@@ -302,7 +318,7 @@ def ablate(
                       f"log {escape(info['log'])}", highlight=False)
 
     result = run_grid(dataset, _split_list(variants, "--variants"), parse_seeds(seeds), parse_set(set_), name=name,
-                      runs_dir=runs_dir, data_dir=data_dir, execution=Execution(jobs, executor, ray_address),
+                      runs_dir=runs_dir, data_dir=data_dir, execution=Execution(jobs, executor, ray_address, _tracking(track)),
                       variants_file=variants_file, configs=config, on_event=on_event,
                       command=" ".join(["cml", *sys.argv[1:]]))
     table = grid_tables(Path(result["grid_dir"]), result["variants"], result["seeds"])
@@ -363,6 +379,7 @@ def tune(
     no_prune: bool = typer.Option(False, "--no-prune", help="Never stop a trial early (median pruner by default)."),
     runs_dir: Path = RunsDir,
     data_dir: Optional[Path] = DataDir,
+    track: Optional[str] = TrackOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Search hyperparameters on validation NDCG@10 (Optuna TPE, median pruner), then train the
@@ -373,6 +390,7 @@ def tune(
     from cml_cli.tune import run_tune
 
     overrides = parse_set(set_)
+    tracking = _tracking(track)
     display = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                        TextColumn("{task.fields[info]}"), console=err, transient=False, disable=as_json)
     state = {"best": None, "task": None, "done": 0}
@@ -400,7 +418,7 @@ def tune(
         result = run_tune(dataset, model, trials=trials, until=until, timeout=timeout, jobs=jobs, name=name,
                           overrides=overrides, space=space, storage=storage, seed=seed, pruner=not no_prune,
                           runs_dir=runs_dir, data_dir=data_dir, on_event=on_event,
-                          command=" ".join(["cml", *sys.argv[1:]]))
+                          command=" ".join(["cml", *sys.argv[1:]]), tracking=tracking)
     if as_json:
         _print_json(result)
     else:

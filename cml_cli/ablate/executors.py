@@ -65,6 +65,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         try:
             import torch
 
+            from cml_cli.tracking import Tracking
             from cml_cli.train.loop import resume, train
 
             threads = torch.get_num_threads()
@@ -72,13 +73,14 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
             progress = LogProgress(log)
             run = Path(spec["grid_dir"]) / spec["dir"]
             data_dir = Path(spec["data_dir"])
+            tracker = Tracking(**spec["track"]).tracker() if spec.get("track") else None
             if spec["state"] == "new":
                 cfg = RunConfig.from_dict(spec["config"]).validate()
                 result = train(spec["dataset"], cfg, data_dir=data_dir, runs_dir=Path(spec["grid_dir"]),
-                               name=spec["dir"], force=True, progress=progress)
+                               name=spec["dir"], force=True, progress=progress, tracker=tracker)
             else:
                 epochs = spec["config"]["epochs"] if spec["state"] == "extend" else None
-                result = resume(run, data_dir=data_dir, progress=progress, epochs=epochs)
+                result = resume(run, data_dir=data_dir, progress=progress, epochs=epochs, tracker=tracker)
             seconds = time.perf_counter() - started
             test = result.get("test", {})
             full = test.get("full") or {}

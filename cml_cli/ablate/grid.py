@@ -26,6 +26,7 @@ from cml_cli.data.store import (
     write_json_atomic,
 )
 from cml_cli.errors import InputError
+from cml_cli.tracking import Tracking
 from cml_cli.train.rundir import RunDir
 
 
@@ -237,11 +238,13 @@ class GridBook:
 @dataclass
 class Execution:
     """How the runs of a grid run: ``jobs`` side by side on the ``local`` executor (processes)
-    or ``ray`` (at ``ray_address``, default a local cluster)."""
+    or ``ray`` (at ``ray_address``, default a local cluster), each tracked with ``track``
+    (``--track``; MLflow: one experiment named after the grid, a run per (variant, seed))."""
 
     jobs: int = 1
     executor: str = "local"
     ray_address: str | None = None
+    track: Tracking | None = None
 
     def check(self) -> Execution:
         if self.executor not in EXECUTORS:
@@ -303,6 +306,7 @@ def run_grid(
     name = check_name(name, "--name") if name is not None else f"ablate-{info.name}"
     grid_dir = (Path(runs_dir) / name).resolve()
     check_writable_dir(grid_dir, "ablation directory")
+    track = execution.track.named(experiment=name).check() if execution.track else None
     mapping, units = plan(grid_dir, chosen, seeds, info.preset, overrides, info.behaviors, info.checksum, tables)
     grid_dir.mkdir(parents=True, exist_ok=True)
     book = GridBook(grid_dir)
@@ -312,7 +316,8 @@ def run_grid(
     reused = [u for u in units if u.state == "done"]
     specs = [{"dataset": str(info.dir), "data_dir": str(info.dir.parent), "grid_dir": str(grid_dir),
               "dir": u.dir, "state": u.state, "config": u.config, "log": str(grid_dir / f"{u.dir}.log"),
-              "threads": execution.threads()} for u in todo]
+              "threads": execution.threads(), "track": track.named(run_name=u.dir).to_dict() if track else None}
+             for u in todo]
     by_dir = {u.dir: u for u in units}
     failed: list[dict[str, Any]] = []
     count = {"n": 0}

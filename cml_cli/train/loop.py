@@ -26,6 +26,7 @@ from cml_cli.data.store import (
 from cml_cli.errors import InputError, NonFiniteLoss, RunError
 from cml_cli.evaluate import evaluate_full, evaluate_sampled
 from cml_cli.registry import make_trainer
+from cml_cli.tracking import Tracker, tracked
 from cml_cli.train.checkpoint import load_checkpoint, save_checkpoint
 from cml_cli.train.progress import NullProgress, Progress
 from cml_cli.train.rundir import RunDir
@@ -65,10 +66,12 @@ def train(
     force: bool = False,
     progress: Progress | None = None,
     evaluate_test: bool = True,
+    tracker: Tracker | None = None,
 ) -> dict[str, Any]:
     """Train a fresh run of ``cfg`` on a processed dataset; returns the final metrics.
     ``evaluate_test=False`` (tuning trials) never computes a test metric: the result holds
-    the validation metrics of the selected epoch only.
+    the validation metrics of the selected epoch only. ``tracker`` (``--track``) is fed the
+    run's config, every epoch's row and the final metrics (:mod:`cml_cli.tracking`).
 
     The run directory is locked before anything in it is written or deleted (``--force``
     included), so a second process on the same directory fails without touching it. An
@@ -97,7 +100,8 @@ def train(
             run.write_config(cfg)
             rng = _seed_everything(cfg.seed)
             trainer = make_trainer(ds, cfg, device)
-            return _fit(run, ds, cfg, trainer, rng, _fresh_state(), progress or NullProgress(), evaluate_test)
+            return tracked(tracker, run.path, cfg.to_dict(), [run.config, run.final], progress or NullProgress(),
+                           lambda p: _fit(run, ds, cfg, trainer, rng, _fresh_state(), p, evaluate_test))
         except BaseException:
             if not run.last.is_file():
                 run.discard(remove_dir=created)
@@ -111,7 +115,7 @@ def _fresh_state() -> dict[str, Any]:
 
 
 def resume(run_path: Path, *, data_dir: Path | None = None, progress: Progress | None = None,
-           epochs: int | None = None) -> dict[str, Any]:
+           epochs: int | None = None, tracker: Tracker | None = None) -> dict[str, Any]:
     """Continue an interrupted run from its last complete checkpoint (``previous`` if the
     last one is corrupt or missing); the result equals an uninterrupted run's."""
     run = RunDir(run_path)
@@ -141,7 +145,8 @@ def resume(run_path: Path, *, data_dir: Path | None = None, progress: Progress |
                 torch.cuda.set_rng_state(ckpt["cuda_rng"], trainer.device)
             state = ckpt["loop"]
         run.write_log(state["history"])
-        return _fit(run, ds, cfg, trainer, rng, state, progress or NullProgress())
+        return tracked(tracker, run.path, cfg.to_dict(), [run.config, run.final], progress or NullProgress(),
+                       lambda p: _fit(run, ds, cfg, trainer, rng, state, p))
     finally:
         run.unlock()
 

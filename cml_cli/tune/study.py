@@ -50,6 +50,7 @@ from cml_cli.data.store import (
     write_text_atomic,
 )
 from cml_cli.errors import InputError, RunError
+from cml_cli.tracking import Tracker, Tracking
 from cml_cli.train.rundir import RunDir
 from cml_cli.tune.space import Param, load_space
 
@@ -82,6 +83,11 @@ class TuneSpec:
     pruner: bool = True
     threads: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    track: dict[str, Any] | None = None
+
+    def tracker(self, run_name: str) -> Tracker | None:
+        """The ``--track`` tracker of the run ``run_name`` (a trial, or ``best``), or None."""
+        return Tracking(**self.track).named(run_name=run_name).tracker() if self.track else None
 
     def space(self) -> list[Param]:
         return [Param(**{**p, "choices": tuple(p.get("choices", ()))}) for p in self.params]
@@ -195,7 +201,7 @@ def objective(spec: TuneSpec, on_epoch=None) -> Callable:
         name = f"trial-{trial.number}"
         trial.set_user_attr("run_dir", str(Path(spec.tune_dir) / name))
         result = train(spec.dataset_dir, cfg, runs_dir=Path(spec.tune_dir), name=name, force=True,
-                       progress=TrialProgress(trial, on_epoch), evaluate_test=False)
+                       progress=TrialProgress(trial, on_epoch), evaluate_test=False, tracker=spec.tracker(name))
         return float(result["valid"][METRIC])
 
     return run
@@ -237,6 +243,7 @@ def run_tune(
     data_dir: Path | None = None,
     on_event: Callable[[str, dict], None] | None = None,
     command: str | None = None,
+    tracking: Tracking | None = None,
 ) -> dict[str, Any]:
     """Run ``trials`` more trials (or as many as it takes for the study to hold ``until``
     finished trials; or until ``timeout`` seconds) of the study, write ``best.toml``, train the
@@ -245,7 +252,9 @@ def run_tune(
     Returns ``{"trials", "best_value", "best_params", "best_config", "test", "tune_dir",
     "storage", "best_run", "pruned", "failed", "seconds"}``; ``trials`` counts the study's
     finished trials (complete or pruned) so far. ``on_event(kind, info)`` reports
-    ``"trial"`` (a trial ended), ``"epoch"`` (a trial's epoch, in this process) and ``"best"``."""
+    ``"trial"`` (a trial ended), ``"epoch"`` (a trial's epoch, in this process) and ``"best"``.
+    ``tracking`` (``--track``) logs every trial and the best run (MLflow: one experiment named
+    after the study)."""
     optuna = _optuna()
     started = time.perf_counter()
     if model not in registry.MODELS:
@@ -274,12 +283,13 @@ def run_tune(
     tune_dir = (Path(runs_dir) / (check_name(name, "--name") if name else f"tune-{manifest['name']}-{model}"))
     check_writable_dir(tune_dir, "tune directory")
     tune_dir = tune_dir.resolve()
+    track = tracking.named(experiment=tune_dir.name).check().to_dict() if tracking else None
     tune_dir.mkdir(parents=True, exist_ok=True)
     spec = TuneSpec(dataset=str(manifest["name"]), dataset_dir=str(ds_dir), model=model,
                     preset=dataset_preset_name(manifest), fixed=fixed,
                     params=[{k: v for k, v in p.__dict__.items()} for p in params], seed=seed,
                     tune_dir=str(tune_dir), storage=storage or str(tune_dir / "study.journal"), pruner=pruner,
-                    extra={"timeout": timeout})
+                    extra={"timeout": timeout}, track=track)
     for p in spec.params:
         p["choices"] = list(p["choices"])
     spec.config({p.name: (p.choices[0] if p.type == "categorical" else p.low) for p in params})  # a valid config?
@@ -353,7 +363,7 @@ def _train_best(spec: TuneSpec, tune_dir: Path, best_file: Path) -> dict[str, An
     final = run.read_final() if stored is not None and not config_changes(stored, cfg.to_dict()) else None
     if final is not None and final.get("test"):
         return final
-    return train(spec.dataset_dir, cfg, runs_dir=tune_dir, name="best", force=True)
+    return train(spec.dataset_dir, cfg, runs_dir=tune_dir, name="best", force=True, tracker=spec.tracker("best"))
 
 
 def _run_workers(spec: TuneSpec, jobs: int, trials: int | None, study, notify) -> None:
