@@ -168,11 +168,11 @@ def main() -> None:
         preset["comparison"] = "the model's preset (its paper's batch and dimension)"
         record(preset)
     if args.record:
-        from cml_cli.train.rundir import git_revision, machine
+        from cml_cli.train.rundir import command_line, git_revision, machine
 
         out = ROOT / "experiments" / "results" / "benchmarks.json"
         out.write_text(json.dumps({
-            "command": "python benchmarks/bench_train.py " + " ".join(sys.argv[1:]),
+            "command": command_line(["python", "benchmarks/bench_train.py", *sys.argv[1:]], ROOT),
             "git_revision": git_revision(), "machine": machine(),
             "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "results": rows,
         }, indent=2) + "\n")

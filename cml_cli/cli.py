@@ -47,6 +47,13 @@ def _note(text: str) -> None:
     err.print(f"note: {escape(text)}", highlight=False)
 
 
+def _command() -> str:
+    """This invocation as ``cml ...``, paths relative to the working directory (for the records)."""
+    from cml_cli.train.rundir import command_line
+
+    return command_line(["cml", *sys.argv[1:]])
+
+
 def _tracking(track: Optional[str]):
     """``--track`` as a :class:`cml_cli.tracking.Tracking` (the library checks it before any
     work: a missing extra exits 2), or None."""
@@ -320,7 +327,7 @@ def ablate(
     result = run_grid(dataset, _split_list(variants, "--variants"), parse_seeds(seeds), parse_set(set_), name=name,
                       runs_dir=runs_dir, data_dir=data_dir, execution=Execution(jobs, executor, ray_address, _tracking(track)),
                       variants_file=variants_file, configs=config, on_event=on_event,
-                      command=" ".join(["cml", *sys.argv[1:]]))
+                      command=_command())
     table = grid_tables(Path(result["grid_dir"]), result["variants"], result["seeds"])
     if as_json:
         _print_json(table.to_dict())
@@ -418,7 +425,7 @@ def tune(
         result = run_tune(dataset, model, trials=trials, until=until, timeout=timeout, jobs=jobs, name=name,
                           overrides=overrides, space=space, storage=storage, seed=seed, pruner=not no_prune,
                           runs_dir=runs_dir, data_dir=data_dir, on_event=on_event,
-                          command=" ".join(["cml", *sys.argv[1:]]), tracking=tracking)
+                          command=_command(), tracking=tracking)
     if as_json:
         _print_json(result)
     else:

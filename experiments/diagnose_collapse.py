@@ -34,7 +34,7 @@ from cml_cli.data.store import read_manifest, resolve_dataset_dir
 from cml_cli.evaluate import evaluate_full, evaluate_sampled
 from cml_cli.registry import make_trainer
 from cml_cli.train.loop import load_run_dataset
-from cml_cli.train.rundir import git_revision, machine
+from cml_cli.train.rundir import command_line, git_revision, machine
 
 
 def score_correlation(scores: torch.Tensor) -> float:
@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"epoch": epoch, **measure(trainer, ds, users, cfg)})
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "layers"}), file=sys.stderr)
     result = {"label": args.label, "dataset": args.dataset, "config": cfg.to_dict(), "init_scale": args.init_scale,
-              "command": "python experiments/diagnose_collapse.py " + " ".join(sys.argv[1:]),
+              "command": command_line(["python", "experiments/diagnose_collapse.py", *sys.argv[1:]],
+                                      Path(__file__).resolve().parents[1]),
               "git_revision": git_revision(), "machine": machine(),
               "seconds": time.perf_counter() - started, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)

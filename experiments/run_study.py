@@ -51,9 +51,22 @@ def _rel(path: Path) -> str:
 
 
 def _arg(path: Path) -> str:
-    """A path as it goes into a command: relative to the repository when that is shorter."""
-    rel = os.path.relpath(Path(path).resolve(), REPO)
-    return rel if len(rel) < len(str(path)) else str(path)
+    """A path as it goes into a recorded command: relative to the repository, never an
+    absolute path of the machine that ran it."""
+    return os.path.relpath(Path(path).resolve(), REPO)
+
+
+def study_command(argv: list[str]) -> str:
+    """This script's command line as a page records it: the values of its path options
+    relative to the repository, whatever the working directory was."""
+    out, rest = [], iter(argv)
+    for arg in rest:
+        option, eq, value = arg.partition("=")
+        if option in ("--data-dir", "--runs-dir", "--results-dir", "--shared"):
+            out += [option, _arg(Path(value if eq else next(rest, "")))]
+        else:
+            out.append(arg)
+    return _show(["python", "experiments/run_study.py", *out])
 
 
 def _cml() -> list[str]:
@@ -435,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     args.results_dir = (args.results_dir or (base / "results" if base else HERE / "results")).resolve()
     sys.path.insert(0, str(REPO))
     datasets = tomllib.loads((HERE / "datasets.toml").read_text())
-    command = " ".join(["python", "experiments/run_study.py", *(shlex.quote(a) for a in (argv or sys.argv[1:]))])
+    command = study_command(argv or sys.argv[1:])
     status = 0
     for name in args.studies:
         study_path, study = load_study(name)

@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -46,6 +47,19 @@ def git_revision() -> str:
         return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def command_line(argv: list[str], root: Path | None = None) -> str:
+    """``argv`` as one shell line, every absolute path in it (an argument, or the value of
+    ``--opt=PATH`` / ``NAME=PATH``) written relative to ``root`` (default: the working
+    directory), so that a recorded command names no directory of the machine that ran it."""
+    base = Path(root) if root is not None else Path.cwd()
+
+    def portable(arg: str) -> str:
+        head, sep, tail = arg.rpartition("=") if not arg.startswith("/") else ("", "", arg)
+        return head + sep + os.path.relpath(tail, base) if tail.startswith("/") else arg
+
+    return shlex.join(portable(a) for a in argv)
 
 
 def machine() -> dict:
@@ -230,7 +244,7 @@ class RunDir:
             "protocol": cfg.protocol,
             "device": device,
             "machine": machine(),
-            "command": " ".join(["cml", *sys.argv[1:]]) if sys.argv and "cml" in Path(sys.argv[0]).name else None,
+            "command": command_line(["cml", *sys.argv[1:]]) if sys.argv and "cml" in Path(sys.argv[0]).name else None,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
 
