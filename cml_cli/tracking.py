@@ -83,7 +83,7 @@ class Tracking:
             raise InputError(f"--track {self.backend} needs {label}: pip install 'cml-cli[{self.backend}]'")
         if self.backend == "tensorboard":
             return self
-        uri = self.uri or os.environ.get("MLFLOW_TRACKING_URI") or Path("mlruns").resolve().as_uri()
+        uri = mlflow_uri(self.uri)
         try:
             _experiment_id(_mlflow_client(uri), self.experiment)
         except Exception as e:  # unreachable server, unwritable directory, bad URI ...
@@ -230,6 +230,12 @@ class TensorBoardTracker:
 # --------------------------------------------------------------------------- MLflow
 
 
+def mlflow_uri(uri: str | None = None) -> str:
+    """``uri``, else ``$MLFLOW_TRACKING_URI``, else the file store ``./mlruns`` (as an absolute
+    ``file:`` URI, so that worker processes elsewhere write to the same store)."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or Path("mlruns").resolve().as_uri()
+
+
 def _mlflow_client(uri: str):
     """An ``MlflowClient`` on ``uri``. MLflow 3 keeps the file store (the default ``./mlruns``)
     only for those who opt in (``MLFLOW_ALLOW_FILE_STORE``): a local path opts in."""
@@ -273,7 +279,7 @@ class MLflowTracker:
         else a new one with the configuration as parameters."""
         if self.run_id is not None:
             return self.run_id
-        uri = self.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or Path("mlruns").resolve().as_uri()
+        uri = mlflow_uri(self.tracking.uri)
         self.client = _mlflow_client(uri)
         known = read_json_object(self.run_dir / MLFLOW_RUN) or {}
         if known.get("uri") == uri and known.get("run_id") and self._reopen(known["run_id"]):
