@@ -1,10 +1,17 @@
 """Errors that the command line turns into one line on stderr and an exit code."""
 
+from __future__ import annotations
+
+import errno
+import re
+
 
 class CMLError(Exception):
-    """Base class; ``exit_code`` is what the ``cml`` command exits with."""
+    """Base class; ``exit_code`` is what the ``cml`` command exits with, ``label`` the word
+    its one line starts with."""
 
     exit_code = 1
+    label = "error"
 
 
 class InputError(CMLError):
@@ -21,3 +28,40 @@ class RunError(CMLError):
 
 class NonFiniteLoss(RunError):
     """The loss became NaN or infinite."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped a long command; ``str(e)`` says what was interrupted, what was
+    kept and how to resume. A ``KeyboardInterrupt``, so ``except Exception`` never swallows it."""
+
+
+class InterruptExit(CMLError):
+    """What the command line makes of an :class:`Interrupted` (exit code 130)."""
+
+    exit_code = 130
+    label = "interrupted"
+
+
+# Errors of a write that no retry fixes: the place is read-only or not ours (exit 2) or the
+# disk is full (exit 1, a failure while running).
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def write_error(path, e: OSError) -> CMLError:
+    """One clear error for an :class:`OSError` raised while writing ``path``."""
+    why = e.strerror or str(e)
+    if e.errno in _NOT_WRITABLE:
+        return InputError(f"{path}: cannot write ({why})")
+    if e.errno in _NO_SPACE:
+        return RunError(f"{path}: cannot write ({why}); nothing half-written was left")
+    return RunError(f"{path}: cannot write ({why})")
+
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the credentials of every URL in it removed:
+    ``postgresql://user:secret@host/db`` -> ``postgresql://host/db``."""
+    return _USERINFO.sub(r"\g<scheme>", str(text))
