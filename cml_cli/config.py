@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,47 +117,32 @@ class RunConfig:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
 
     def validate(self) -> RunConfig:
-        choices = {
-            "model": registry.names(),
-            "encoder": ("cml", "lightgcn"),
-            "adj": ("none", "symmetric", "mean"),
-            "act": ("sigmoid", "tanh"),
-            "meta_optimizer": ("adamw", "sgd"),
-            "meta_grad": ("first-order", "second-order"),
-            "meta_sampling": ("intended", "reference"),
-            "protocol": ("strict", "paper"),
-            "device": ("auto", "cpu", "cuda"),
-        }
-        for key, allowed in choices.items():
+        """Every key checked against its choices and bounds (:data:`CHOICES`, :data:`INT_BOUNDS`,
+        :data:`FLOAT_BOUNDS`); the first problem is an :class:`InputError` naming the key."""
+        for key, allowed in CHOICES.items():
             value = getattr(self, key)
-            if value not in allowed and not (key == "device" and str(value).startswith("cuda:")):
-                raise InputError(f"{key}: '{value}' is not one of {', '.join(allowed)}")
-        positive = ("epochs", "batch", "dim", "layers", "meta_batch", "samp_num", "aux_samples", "eval_batch",
-                    "cycle_up", "cycle_down", "meta_cycle_up", "meta_cycle_down")
-        for key in positive:
-            if getattr(self, key) <= 0:
-                raise InputError(f"{key}: must be positive, got {getattr(self, key)}")
+            allowed = registry.names() if key == "model" else allowed
+            if value not in allowed and not (key == "device" and DEVICE.fullmatch(str(value))):
+                raise InputError(f"{key}: '{value}' is not one of {', '.join(allowed)}"
+                                 + (" or cuda:N" if key == "device" else ""))
+        for key, (low, high) in INT_BOUNDS.items():
+            values = getattr(self, key)
+            for value in values if isinstance(values, list) else [] if values is None else [values]:
+                if not low <= value <= high:
+                    raise InputError(f"{key}: must be in [{low}, {high:,}], got {values}")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise InputError(f"{f.name}: must be a finite number, got {value}")
-        for key in ("lr", "max_lr", "meta_lr", "meta_max_lr"):
-            if getattr(self, key) <= 0:
-                raise InputError(f"{key}: must be positive, got {getattr(self, key)}")
-        if not 0 <= self.meta_dropout < 1:
-            raise InputError(f"meta_dropout: must be in [0, 1), got {self.meta_dropout}")
-        if not 0 < self.ssl_ratio <= 1:
-            raise InputError(f"ssl_ratio: must be in (0, 1], got {self.ssl_ratio}")
-        if self.pretrain_epochs < 0:
-            raise InputError(f"pretrain_epochs: must be >= 0, got {self.pretrain_epochs}")
-        if self.knn_k < 0 or self.knn_shrink < 0:
-            raise InputError(f"knn_k, knn_shrink: must be >= 0, got {self.knn_k}, {self.knn_shrink}")
-        if self.patience < 0:
-            raise InputError(f"patience: must be >= 0, got {self.patience}")
-        if self.block_layers is not None and (not self.block_layers or any(k <= 0 for k in self.block_layers)):
-            raise InputError(f"block_layers: need positive layer counts, got {self.block_layers}")
-        if not self.ks or any(k <= 0 for k in self.ks):
-            raise InputError(f"ks: need positive cut-offs, got {self.ks}")
+        for key, (low, high, low_in, high_in) in FLOAT_BOUNDS.items():
+            value = getattr(self, key)
+            if not (low < value < high or (low_in and value == low) or (high_in and value == high)):
+                raise InputError(f"{key}: must be in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}, "
+                                 f"got {value}")
+        if self.block_layers is not None and not self.block_layers:
+            raise InputError("block_layers: need at least one layer count")
+        if not self.ks:
+            raise InputError("ks: need at least one cut-off")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -165,6 +151,40 @@ class RunConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
         return apply_overrides(cls(), values)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model": (),  # the model registry's names
+    "encoder": ("cml", "lightgcn"),
+    "adj": ("none", "symmetric", "mean"),
+    "act": ("sigmoid", "tanh"),
+    "meta_optimizer": ("adamw", "sgd"),
+    "meta_grad": ("first-order", "second-order"),
+    "meta_sampling": ("intended", "reference"),
+    "protocol": ("strict", "paper"),
+    "device": ("auto", "cpu", "cuda"),
+}
+DEVICE = re.compile(r"cuda:\d{1,3}")
+SEED_MAX = 2**32 - 1
+# Inclusive bounds of the integer keys (lists: of each element). The upper bounds are far
+# above any useful setting and low enough that no value can exhaust memory or overflow an
+# integer type; cut-offs are also checked against the dataset's item count when it is read.
+_LONG = 100_000
+INT_BOUNDS: dict[str, tuple[int, int]] = {
+    "epochs": (1, _LONG), "patience": (0, _LONG), "pretrain_epochs": (0, _LONG),
+    "cycle_up": (1, _LONG), "cycle_down": (1, _LONG), "meta_cycle_up": (1, _LONG), "meta_cycle_down": (1, _LONG),
+    "batch": (1, 2**20), "eval_batch": (1, 2**16), "dim": (1, 1024), "layers": (1, 16), "block_layers": (1, 16),
+    "meta_batch": (1, 2**16), "samp_num": (1, 1000), "aux_samples": (1, 100), "knn_k": (0, 2**31 - 1),
+    "ks": (1, 2**31 - 1), "seed": (0, SEED_MAX),
+}
+# Float keys: (low, high, low included, high included); every float must also be finite.
+_POSITIVE, _NON_NEGATIVE = (0.0, math.inf, False, False), (0.0, math.inf, True, False)
+FLOAT_BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
+    "lr": _POSITIVE, "max_lr": _POSITIVE, "meta_lr": _POSITIVE, "meta_max_lr": _POSITIVE, "clip": _POSITIVE,
+    "wd": _NON_NEGATIVE, "meta_wd": _NON_NEGATIVE, "reg": _NON_NEGATIVE, "beta": _NON_NEGATIVE,
+    "virtual_lr": _NON_NEGATIVE, "knn_shrink": _NON_NEGATIVE,
+    "meta_momentum": (0.0, 1.0, True, False), "meta_dropout": (0.0, 1.0, True, False), "ssl_ratio": (0.0, 1.0, False, True),
+}
 
 
 # Keys only CML's trainer reads: two runs of any other model that differ in these alone
@@ -179,6 +199,14 @@ CML_ONLY_KEYS = frozenset({
 
 # Keys that choose where a run computes, not what: a run is the same run whatever their values.
 PLACEMENT_KEYS = ("device",)
+
+
+def check_cutoffs(ks: list[int], n_items: int, option: str = "ks") -> list[int]:
+    """Cut-offs must rank no more items than the dataset has: an :class:`InputError` otherwise."""
+    too_big = [k for k in ks if k > n_items]
+    if too_big:
+        raise InputError(f"{option}: cut-off(s) {', '.join(map(str, too_big))} exceed the dataset's {n_items:,} items")
+    return ks
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -315,7 +343,10 @@ def read_toml(path: Path, what: str = "config file") -> dict[str, Any]:
 def load_toml(path: Path) -> dict[str, Any]:
     """Run options from a TOML file: its ``[train]`` table, or its top level."""
     data = read_toml(path)
-    return data.get("train", data)
+    options = data.get("train", data)
+    if not isinstance(options, dict):
+        raise InputError(f"{path}: 'train' must be a table of options ([train]), got {options!r}")
+    return options
 
 
 def compose(preset: str, layers: list[dict[str, Any]]) -> RunConfig:
