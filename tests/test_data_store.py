@@ -13,7 +13,7 @@ import pytest
 from cml_cli.data.dataset import Interactions, build_dataset
 from cml_cli.data.readers import synthetic
 from cml_cli.data.store import ARRAYS, MANIFEST, list_datasets, load_dataset, save_dataset
-from cml_cli.errors import InputError
+from cml_cli.errors import InputError, RunError
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,8 @@ def test_modified_arrays_detected(tiny, tmp_data_dir):
     # a valid npz with one changed value, and a truncated file
     with np.load(io.BytesIO(good)) as z:
         data = {k: z[k] for k in z.files}
-    data["buy.item"][0] = (data["buy.item"][0] + 1) % tiny.n_items
+    buy = f"train.{tiny.behaviors.index('buy')}.item"  # schema version 2: behaviors by position
+    data[buy][0] = (data[buy][0] + 1) % tiny.n_items
     np.savez_compressed(arrays, **data)
     with pytest.raises(InputError, match=f"{re.escape(str(arrays))}: "):
         load_dataset(path)
@@ -118,7 +119,7 @@ def test_failed_save_leaves_nothing(tiny, tmp_data_dir, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(store, "write_json_atomic", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(RunError, match="cannot write"):
         save_dataset(tiny, tmp_data_dir)
     assert list(tmp_data_dir.iterdir()) == []
 
@@ -127,7 +128,8 @@ def test_arrays_are_plain_npz(tiny, tmp_data_dir):
     path = save_dataset(tiny, tmp_data_dir)
     with zipfile.ZipFile(path / ARRAYS) as z:
         names = set(z.namelist())
-    assert {"test.user.npy", "test.neg.npy", "valid.item.npy", "meta_users.npy", "buy.time.npy"} <= names
+    buy = tiny.behaviors.index("buy")
+    assert {"test.user.npy", "test.neg.npy", "valid.item.npy", "meta_users.npy", f"train.{buy}.time.npy"} <= names
 
 
 def test_to_hetero_data(tmp_path):

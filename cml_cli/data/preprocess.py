@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cml_cli.config import SEED_MAX
 from cml_cli.data.dataset import MultiBehaviorDataset, build_dataset
 from cml_cli.data.readers import FORMATS
 from cml_cli.data.readers.base import RawData
-from cml_cli.data.store import check_name, save_dataset
-from cml_cli.errors import InputError
+from cml_cli.data.store import check_dataset_target, check_name, save_dataset
+from cml_cli.errors import InputError, Interrupted
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,9 @@ def read_source(
             fmt = detect_format(Path(source))
     if fmt not in FORMATS:
         raise InputError(f"--format: unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
+    if fmt == "synthetic" and source is not None:
+        raise InputError(f"--source {source}: the synthetic format reads no file (leave out --source, or pass the "
+                         "file's --format)")
     if fmt != "synthetic" and source is None:
         raise InputError(f"--source is required for format '{fmt}'")
 
@@ -117,25 +121,35 @@ def preprocess(
     size: str = "tiny",
     events_options: dict | None = None,
 ) -> tuple[Path, MultiBehaviorDataset]:
-    """Read ``source``, build the dataset (validation split, candidates) and save it."""
+    """Read ``source``, build the dataset (validation split, candidates) and save it.
+    ``<data_dir>/<name>`` may be missing, empty or a processed dataset, which is replaced;
+    anything else there, or a ``source`` inside it, is an :class:`InputError` before any reading."""
     check_name(name if name is not None else dataset, "--name" if name is not None else "--dataset")
-    fmt, raw = read_source(
-        dataset, fmt, source, behaviors=behaviors, size=size, seed=seed, events_options=events_options
-    )
-    preset = dataset_preset(dataset)
-    ds = build_dataset(
-        name=name or dataset,
-        behaviors=raw.behaviors,
-        n_users=raw.n_users,
-        n_items=raw.n_items,
-        train=raw.train,
-        test_user=raw.test_user,
-        test_item=raw.test_item,
-        meta_users=raw.meta_users,
-        seed=seed,
-        valid=valid,
-        preset=preset.train_preset if preset else "default",
-        source=str(source) if source is not None else f"synthetic:{size}",
-    )
-    path = save_dataset(ds, data_dir, extra={"format": fmt, "reader_info": raw.info})
+    target = Path(data_dir) / (name or dataset)
+    check_dataset_target(target, source)
+    if not 0 <= seed <= SEED_MAX:
+        raise InputError(f"--seed: must be in [0, {SEED_MAX}], got {seed}")
+    try:
+        fmt, raw = read_source(
+            dataset, fmt, source, behaviors=behaviors, size=size, seed=seed, events_options=events_options
+        )
+        preset = dataset_preset(dataset)
+        ds = build_dataset(
+            name=name or dataset,
+            behaviors=raw.behaviors,
+            n_users=raw.n_users,
+            n_items=raw.n_items,
+            train=raw.train,
+            test_user=raw.test_user,
+            test_item=raw.test_item,
+            meta_users=raw.meta_users,
+            seed=seed,
+            valid=valid,
+            preset=preset.train_preset if preset else "default",
+            source=str(source) if source is not None else f"synthetic:{size}",
+        )
+        path = save_dataset(ds, data_dir, extra={"format": fmt, "reader_info": raw.info}, source=source)
+    except KeyboardInterrupt:
+        raise Interrupted(f"preprocess of {target} stopped; nothing was written and what was there before is "
+                          "unchanged: run the same command again") from None
     return path, ds

@@ -1,10 +1,14 @@
 """Processed on-disk format: ``arrays.npz`` (no pickle) plus ``manifest.json``.
 
-    <data-dir>/<name>/manifest.json   schema version, behaviors, counts, source, seed, sha256
-    <data-dir>/<name>/arrays.npz      <behavior>.user / .item / .time, test.*, valid.*, meta_users
+    <data-dir>/<name>/manifest.json   schema version, behaviors (in order), counts, source, seed, sha256
+    <data-dir>/<name>/arrays.npz      train.<i>.user / .item / .time for the i-th behavior,
+                                      test.*, valid.*, meta_users
 
-Writes go to a temporary directory beside the target that is renamed into place at the
-end, so a crash never leaves a half-written dataset.
+Behaviors are stored by position (schema version 2), so no behavior name, ``test`` or
+``valid`` included, can collide with a split's arrays; version-1 datasets (arrays keyed by
+behavior name) are still read. Writes go to a temporary directory beside the target that is
+renamed into place at the end, so a crash never leaves a half-written dataset, and only a
+processed dataset is ever replaced.
 """
 
 from __future__ import annotations
@@ -21,22 +25,29 @@ from pathlib import Path
 import numpy as np
 
 from cml_cli.data.dataset import N_NEGATIVES, Interactions, MultiBehaviorDataset, Split
-from cml_cli.errors import InputError
+from cml_cli.errors import InputError, write_error
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 ARRAYS = "arrays.npz"
 GRID_FILE = "grid.json"  # an ablation grid's bookkeeping (written by cml_cli.ablate, read by cml_cli.report)
 MANIFEST_CHECKSUM = "manifest_sha256"
 _REQUIRED = {"name": str, "behaviors": list, "n_users": int, "n_items": int}
+DATASET_FILES = frozenset({MANIFEST, ARRAYS})
+MAX_NAME_BYTES = 200
 
 
 def check_name(name: str, option: str) -> str:
-    """A name a user gives (a dataset, a run, a grid) must be one path component: not empty,
-    not ``.`` or ``..``, without ``/`` (or a NUL byte); otherwise an :class:`InputError`."""
-    if not name or name in (".", "..") or "/" in name or "\0" in name or name != name.strip():
-        raise InputError(f"{option}: '{name}' is not a valid name (one path component: no '/', not '.' or '..', "
-                         "no surrounding spaces)")
+    """A name a user or a file gives (a dataset, a run, a grid) must be one path component:
+    not empty, no ``/``, not starting with ``.`` (``.`` and ``..``, and the tool's own
+    temporaries ``.<name>.<pid>.<random>.tmp``), no control characters or surrounding spaces,
+    at most :data:`MAX_NAME_BYTES` bytes; otherwise an :class:`InputError`."""
+    if not isinstance(name, str) or not name or "/" in name or name.startswith(".") or name != name.strip() \
+            or any(ord(c) < 32 or ord(c) == 127 for c in name) or len(name.encode("utf-8", "replace")) > MAX_NAME_BYTES:
+        shown = repr(name) if isinstance(name, str) and len(name) <= 80 else f"{str(name)[:80]!r}..."
+        raise InputError(f"{option}: {shown} is not a valid name (one path component: no '/', not starting with "
+                         f"'.', no control characters or surrounding spaces, at most {MAX_NAME_BYTES} bytes)")
     return name
 
 
@@ -61,15 +72,23 @@ def fsync_dir(path: Path) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a fsynced temporary file beside it and a rename."""
+    """Write ``text`` to ``path`` via a fsynced temporary file beside it and a rename. A write
+    that fails (read-only place, disk full) leaves nothing and raises one clear error
+    (:func:`cml_cli.errors.write_error`)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise write_error(path, e) from None
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_error(path, e) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -87,6 +106,42 @@ def read_json_object(path: Path) -> dict | None:
     except (OSError, ValueError, RecursionError):
         return None
     return obj if isinstance(obj, dict) else None
+
+
+def read_grid(path: Path) -> dict | None:
+    """An ablation grid's ``grid.json``, checked (None when there is none): a JSON object whose
+    ``variants`` and ``failed`` are tables, each variant's ``runs`` a table from seed (an
+    integer) to a run directory name (one path component). A damaged one is an
+    :class:`InputError` naming the file and the field."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    grid = read_json_object(path)
+
+    def bad(field: str, why: str) -> InputError:
+        return InputError(f"{path}: {field}: {why} (damaged; move it away and rerun `cml ablate`, which rebuilds "
+                          "it and reuses the runs)")
+
+    if grid is None:
+        raise bad("the file", "not a readable JSON object")
+    for key in ("variants", "failed", "overrides"):
+        if not isinstance(grid.get(key, {}), dict):
+            raise bad(key, "expected a table")
+    for name, entry in grid.get("variants", {}).items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("runs", {}), dict) or \
+                not isinstance(entry.get("overrides", {}), dict):
+            raise bad(f"variants.{name}", "expected a table with tables runs and overrides")
+        for seed, run in entry.get("runs", {}).items():
+            if not (re.fullmatch(r"[0-9]{1,10}", seed) and int(seed) <= 2**32 - 1):
+                raise bad(f"variants.{name}.runs", f"seed {seed!r} is not an integer")
+            if not isinstance(run, str):
+                raise bad(f"variants.{name}.runs.{seed}", "expected a run directory name")
+            check_name(run, f"{path}: variants.{name}.runs.{seed}")
+    for run, error in grid.get("failed", {}).items():
+        check_name(run, f"{path}: failed")
+        if not isinstance(error, str):
+            raise bad(f"failed.{run}", "expected the error's text")
+    return grid
 
 
 def check_writable_dir(path: Path, what: str, *, parent_must_exist: bool = False) -> None:
@@ -143,56 +198,105 @@ def remove_stale_temporaries(data_dir: Path) -> list[Path]:
     return removed
 
 
-def save_dataset(ds: MultiBehaviorDataset, data_dir: Path, extra: dict | None = None) -> Path:
-    """Write ``ds`` to ``<data_dir>/<ds.name>/`` atomically; returns that directory. Stale
-    temporaries of killed preprocesses are removed first."""
+def check_dataset_target(final: Path, source: Path | str | None = None) -> None:
+    """May a processed dataset be written to ``final``? Yes when nothing is there, when it is
+    an empty directory, or when it is a processed dataset (a dataset manifest, and no file
+    but ``manifest.json`` and ``arrays.npz``). Anything else there (a symbolic link, a plain
+    file, a folder of other files, a run) is an :class:`InputError` and stays untouched; so is
+    a ``source`` inside ``final`` (or ``final`` itself), which the replacement would delete."""
+    final = Path(final)
+    if source is not None:
+        src, target = Path(source).resolve(), final.resolve()
+        if src == target or target in src.parents:
+            raise InputError(f"--source {source}: lies inside {final}, where the processed dataset goes and which "
+                             "preprocess replaces; move the source elsewhere or use another --name or --data-dir")
+    if final.is_symlink():
+        raise InputError(f"{final}: is a symbolic link; preprocess never replaces one, so nothing was changed "
+                         "(use another --name or --data-dir)")
+    if not final.exists() or (final.is_dir() and not any(final.iterdir())):
+        return
+    manifest = read_json_object(final / MANIFEST) if final.is_dir() else None
+    if manifest is None or "schema_version" not in manifest or not isinstance(manifest.get("files"), dict):
+        raise InputError(f"{final}: exists and is not a processed dataset (no dataset manifest); preprocess only "
+                         "replaces processed datasets, so nothing was changed (use another --name or --data-dir)")
+    other = sorted(p.name for p in final.iterdir() if p.name not in DATASET_FILES)
+    if other:
+        raise InputError(f"{final}: holds files that are not part of a processed dataset ({', '.join(other[:5])}); "
+                         "preprocess replaces the whole directory, so nothing was changed (move them away first)")
+
+
+def _dataset_arrays(ds: MultiBehaviorDataset) -> dict[str, np.ndarray]:
+    """The members of ``arrays.npz`` (schema version 2: behaviors by position)."""
+    arrays: dict[str, np.ndarray] = {}
+    for i, b in enumerate(ds.behaviors):
+        inter = ds.train[b]
+        arrays[f"train.{i}.user"] = inter.user.astype(np.int64)
+        arrays[f"train.{i}.item"] = inter.item.astype(np.int64)
+        if inter.time is not None:
+            arrays[f"train.{i}.time"] = inter.time.astype(np.int64)
+    for split in ("test", "valid"):
+        s: Split = getattr(ds, split)
+        arrays[f"{split}.user"] = s.user
+        arrays[f"{split}.item"] = s.item
+        arrays[f"{split}.neg"] = s.neg
+    arrays["meta_users"] = ds.meta_users
+    return arrays
+
+
+def _write_dataset(tmp: Path, ds: MultiBehaviorDataset, extra: dict | None) -> None:
+    """``arrays.npz`` and ``manifest.json`` of ``ds`` into the directory ``tmp``, fsynced."""
+    with open(tmp / ARRAYS, "wb") as f:
+        np.savez_compressed(f, **_dataset_arrays(ds))
+        f.flush()
+        os.fsync(f.fileno())
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        **ds.stats(),
+        **(extra or {}),
+        "files": {ARRAYS: sha256(tmp / ARRAYS)},
+        "sizes": {ARRAYS: (tmp / ARRAYS).stat().st_size},
+    }
+    manifest = json.loads(json.dumps(manifest))  # the checksum is of what a reader will see
+    manifest[MANIFEST_CHECKSUM] = manifest_checksum(manifest)
+    write_json_atomic(tmp / MANIFEST, manifest)
+    fsync_dir(tmp)
+
+
+def save_dataset(ds: MultiBehaviorDataset, data_dir: Path, extra: dict | None = None, *,
+                 source: Path | None = None) -> Path:
+    """Write ``ds`` (read from ``source``) to ``<data_dir>/<ds.name>/`` atomically; returns that
+    directory. Stale temporaries of killed preprocesses are removed first; an existing
+    ``<data_dir>/<name>`` is replaced only if it is a processed dataset and ``source`` is not
+    inside it (:func:`check_dataset_target`), and it is put back if anything (Ctrl-C
+    included) stops the swap half-way."""
     check_name(ds.name, "--name")
     data_dir = Path(data_dir)
     check_writable_dir(data_dir, "data directory")
     data_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(data_dir)
     final = data_dir / ds.name
+    check_dataset_target(final, source)
     tmp = Path(tempfile.mkdtemp(dir=data_dir, prefix=f".{ds.name}.{os.getpid()}.", suffix=".tmp"))
+    old: Path | None = None
     try:
-        arrays: dict[str, np.ndarray] = {}
-        for b in ds.behaviors:
-            inter = ds.train[b]
-            arrays[f"{b}.user"] = inter.user.astype(np.int64)
-            arrays[f"{b}.item"] = inter.item.astype(np.int64)
-            if inter.time is not None:
-                arrays[f"{b}.time"] = inter.time.astype(np.int64)
-        for split in ("test", "valid"):
-            s: Split = getattr(ds, split)
-            arrays[f"{split}.user"] = s.user
-            arrays[f"{split}.item"] = s.item
-            arrays[f"{split}.neg"] = s.neg
-        arrays["meta_users"] = ds.meta_users
-        with open(tmp / ARRAYS, "wb") as f:
-            np.savez_compressed(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            **ds.stats(),
-            **(extra or {}),
-            "files": {ARRAYS: sha256(tmp / ARRAYS)},
-            "sizes": {ARRAYS: (tmp / ARRAYS).stat().st_size},
-        }
-        manifest = json.loads(json.dumps(manifest))  # the checksum is of what a reader will see
-        manifest[MANIFEST_CHECKSUM] = manifest_checksum(manifest)
-        write_json_atomic(tmp / MANIFEST, manifest)
-        fsync_dir(tmp)
+        _write_dataset(tmp, ds, extra)
+        check_dataset_target(final)  # again, just before the swap: nothing else may have appeared there
         if final.exists():
             old = Path(tempfile.mkdtemp(dir=data_dir, prefix=f".{ds.name}.{os.getpid()}.", suffix=".old"))
             os.replace(final, old / "x")
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        os.replace(tmp, final)
         fsync_dir(data_dir)
-    except BaseException:
+    except BaseException as e:
+        if old is not None and (old / "x").is_dir() and not final.exists():
+            os.replace(old / "x", final)  # the previous dataset goes back where it was
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise write_error(final, e) from None
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return final
 
 
@@ -204,7 +308,8 @@ def manifest_checksum(manifest: dict) -> str:
 
 def read_manifest(path: Path) -> dict:
     """A processed dataset's manifest, checked: JSON object, schema version, required keys,
-    and its own checksum (``manifest_sha256``, where present)."""
+    its own checksum (``manifest_sha256``, where present) and its name (one path component,
+    like a name on the command line: runs and grids are named after it)."""
     path = Path(path)
     mpath = path / MANIFEST
     if not mpath.is_file():
@@ -217,8 +322,9 @@ def read_manifest(path: Path) -> dict:
         raise InputError(f"{mpath}: unreadable ({e.strerror or e})") from None
     if not isinstance(manifest, dict):
         raise InputError(f"{mpath}: corrupt manifest (not a JSON object)")
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise InputError(f"{mpath}: unsupported schema version {manifest.get('schema_version')!r}")
+    version = manifest.get("schema_version")
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+        raise InputError(f"{mpath}: unsupported schema version {version!r}")
     expected = manifest.get(MANIFEST_CHECKSUM)
     if expected is not None and expected != manifest_checksum(manifest):
         raise InputError(f"{mpath}: corrupt manifest (checksum mismatch: file corrupt or modified)")
@@ -230,6 +336,7 @@ def read_manifest(path: Path) -> dict:
         problems.append("behaviors")
     if problems:
         raise InputError(f"{mpath}: corrupt manifest (missing or malformed: {', '.join(problems)})")
+    check_name(manifest["name"], f"{mpath}: name")
     return manifest
 
 
@@ -266,22 +373,38 @@ def load_dataset(name_or_path: str | Path, data_dir: Path | None = None) -> Mult
             arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise InputError(f"{apath}: unreadable ({e})") from None
+    prefixes = behavior_prefixes(manifest, path / MANIFEST)
+    _check_structure(apath, manifest, prefixes, arrays)
+    return _dataset(manifest, prefixes, arrays)
+
+
+def behavior_prefixes(manifest: dict, mpath: Path) -> dict[str, str]:
+    """Behavior name -> the prefix of its arrays in ``arrays.npz``: ``train.<i>`` for the i-th
+    behavior (schema version 2), the name itself in version 1, where a behavior called
+    ``test`` or ``valid`` would share a split's arrays and is refused."""
     behaviors = list(manifest["behaviors"])
-    _check_structure(apath, manifest, behaviors, arrays)
-    return _dataset(manifest, behaviors, arrays)
+    if not behaviors or len(set(behaviors)) != len(behaviors) or not all(behaviors):
+        raise InputError(f"{mpath}: behaviors: expected distinct non-empty names, got {behaviors!r} (the dataset "
+                         "does not match its manifest; preprocess it again)")
+    if manifest["schema_version"] >= 2:
+        return {b: f"train.{i}" for i, b in enumerate(behaviors)}
+    clash = [b for b in behaviors if b in ("test", "valid")]
+    if clash:
+        raise InputError(f"{mpath}: behaviors: {clash} share the arrays of the split(s) of the same name in this "
+                         "schema-version-1 dataset; preprocess it again (version 2 keeps behaviors apart)")
+    return {b: b for b in behaviors}
 
 
-def _check_structure(apath: Path, manifest: dict, behaviors: list[str], arrays: dict[str, np.ndarray]) -> None:
+def _check_structure(apath: Path, manifest: dict, prefixes: dict[str, str], arrays: dict[str, np.ndarray]) -> None:
     """The arrays are what the manifest describes: integer ids of matching lengths inside
     ``[0, n)``, 99 candidates per evaluation row, counts equal to the manifest's, at least one
-    behavior. Anything else is an :class:`InputError` naming the file and the field."""
+    behavior (``prefixes``: :func:`behavior_prefixes`). Anything else is an
+    :class:`InputError` naming the file and the field."""
     mpath = apath.parent / MANIFEST
 
     def bad(field: str, why: str, where: Path = apath) -> InputError:
         return InputError(f"{where}: {field}: {why} (the dataset does not match its manifest; preprocess it again)")
 
-    if not behaviors or len(set(behaviors)) != len(behaviors) or not all(behaviors):
-        raise bad("behaviors", f"expected distinct non-empty names, got {behaviors!r}", mpath)
     sizes = {}
     for key in ("n_users", "n_items"):
         value = manifest[key]
@@ -308,14 +431,14 @@ def _check_structure(apath: Path, manifest: dict, behaviors: list[str], arrays: 
         return next(iter(lengths.values()))
 
     counts = manifest.get("train_interactions")
-    for b in behaviors:
-        ids(f"{b}.user", sizes["n_users"])
-        ids(f"{b}.item", sizes["n_items"])
-        keys = [f"{b}.user", f"{b}.item"]
-        if f"{b}.time" in arrays:
-            if arrays[f"{b}.time"].ndim != 1 or not np.issubdtype(arrays[f"{b}.time"].dtype, np.integer):
-                raise bad(f"{b}.time", "expected 1-D integer timestamps")
-            keys.append(f"{b}.time")
+    for b, key in prefixes.items():
+        ids(f"{key}.user", sizes["n_users"])
+        ids(f"{key}.item", sizes["n_items"])
+        keys = [f"{key}.user", f"{key}.item"]
+        if f"{key}.time" in arrays:
+            if arrays[f"{key}.time"].ndim != 1 or not np.issubdtype(arrays[f"{key}.time"].dtype, np.integer):
+                raise bad(f"{key}.time", "expected 1-D integer timestamps")
+            keys.append(f"{key}.time")
         n = same_length(keys)
         if isinstance(counts, dict) and counts.get(b) != n:
             raise bad(f"{b}", f"{n} interactions, the manifest's train_interactions says {counts.get(b)!r}")
@@ -333,14 +456,14 @@ def _check_structure(apath: Path, manifest: dict, behaviors: list[str], arrays: 
     ids("meta_users", sizes["n_users"])
 
 
-def _dataset(manifest: dict, behaviors: list[str], arrays: dict[str, np.ndarray]) -> MultiBehaviorDataset:
+def _dataset(manifest: dict, prefixes: dict[str, str], arrays: dict[str, np.ndarray]) -> MultiBehaviorDataset:
     train = {
-        b: Interactions(arrays[f"{b}.user"], arrays[f"{b}.item"], arrays.get(f"{b}.time"))
-        for b in behaviors
+        b: Interactions(arrays[f"{key}.user"], arrays[f"{key}.item"], arrays.get(f"{key}.time"))
+        for b, key in prefixes.items()
     }
     return MultiBehaviorDataset(
         name=manifest["name"],
-        behaviors=behaviors,
+        behaviors=list(prefixes),
         n_users=int(manifest["n_users"]),
         n_items=int(manifest["n_items"]),
         train=train,

@@ -124,16 +124,34 @@ def reference(children, data_dir, tmp_path_factory) -> dict:
             "epoch_seconds": sum(r["seconds"] for r in raw[1:]) / max(len(raw) - 1, 1)}
 
 
-def installed(*argv, cwd: Path | None = None, timeout: float = 180):
-    """Run the installed ``cml`` entry point (the script beside this Python, else ``-m cml_cli``)."""
-    import subprocess
-
+def _installed_command() -> tuple[list[str], dict[str, str]]:
+    """The installed ``cml`` entry point (the script beside this Python, else ``-m cml_cli``)
+    and the environment to run it in."""
     script = Path(sys.executable).with_name("cml")
     command = [str(script)] if script.is_file() and os.access(script, os.X_OK) else [sys.executable, "-m", "cml_cli"]
     env = {k: v for k, v in os.environ.items() if k != "CML_DATA_DIR"}
     env["PYTHONWARNINGS"] = "ignore"
+    return command, env
+
+
+def installed(*argv, cwd: Path | None = None, timeout: float = 180):
+    """Run the installed ``cml`` entry point (the script beside this Python, else ``-m cml_cli``)."""
+    import subprocess
+
+    command, env = _installed_command()
     return subprocess.run([*command, *map(str, argv)], capture_output=True, text=True, timeout=timeout, cwd=cwd,
                           env=env)
+
+
+def start_installed(*argv, cwd: Path | None = None):
+    """Start the installed ``cml`` entry point with SIGINT at its default (a test run in the
+    background may have inherited it ignored), stdout and stderr piped."""
+    import signal
+    import subprocess
+
+    command, env = _installed_command()
+    return subprocess.Popen([*command, *map(str, argv)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=cwd, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 @dataclass
@@ -170,6 +188,46 @@ def assert_clean_error(res: CliResult, code: int, *needles: str) -> None:
     flat = " ".join(res.stderr.split())
     for needle in needles:
         assert str(needle) in flat or str(needle) in res.stderr.replace("\n", ""), (needle, res.stderr)
+
+
+def one_line(res: CliResult) -> None:
+    """Exactly one non-empty line on stderr."""
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+
+
+def snapshot(root: Path) -> dict[str, object]:
+    """Every entry under ``root`` (never following a symbolic link): file contents, link
+    targets, directories; for "nothing was changed" comparisons."""
+    out: dict[str, object] = {}
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        for name in dirs + files:
+            p = Path(folder) / name
+            key = str(p.relative_to(root))
+            if p.is_symlink():
+                out[key] = ("link", os.readlink(p))
+            elif p.is_dir():
+                out[key] = "dir"
+            else:
+                out[key] = p.read_bytes()
+    return out
+
+
+def read_only_under(monkeypatch, root: Path) -> None:
+    """Writes under ``root`` fail as on a read-only mount (the tests run as root, where
+    permission bits stop nothing): every temporary file there raises ``EROFS``."""
+    import errno
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, **kwargs):
+        where = Path(kwargs.get("dir") or (args[2] if len(args) > 2 else tempfile.gettempdir())).resolve()
+        if where == root.resolve() or root.resolve() in where.parents:
+            raise OSError(errno.EROFS, "Read-only file system", str(where))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
 
 
 def all_checkpoints_complete(run: Path) -> list[str]:

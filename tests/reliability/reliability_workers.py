@@ -15,6 +15,8 @@ its own process (nothing in ``cml_cli`` knows about them):
 ``pause`` wait after checkpoint ``last`` of epoch E until a file appears (``{"epoch", "ready", "go"}``).
 ``nan``   make the loss of (epoch, batch) NaN: ``{"epoch": E, "batch": B}``.
 ``kill_preprocess``  SIGKILL itself half-way through writing a processed dataset's arrays.
+``fsize`` a disk that fills up: no file may grow beyond this many bytes (``RLIMIT_FSIZE``, with
+          SIGXFSZ ignored, so a write past it fails with ``EFBIG`` as a full disk would fail).
 """
 
 from __future__ import annotations
@@ -176,6 +178,11 @@ def cli_child(argv: list[str], out_dir: str, hooks: dict | None = None) -> None:
         _install_nan(hooks["nan"])
     if hooks.get("kill_preprocess"):
         _install_kill_preprocess()
+    if hooks.get("fsize"):
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (hooks["fsize"], hooks["fsize"]))
     from cml_cli.cli import main
 
     sys.argv = ["cml", *map(str, argv)]

@@ -20,8 +20,9 @@ from conftest import strip_timing, train_argv
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-ID_KEYS = ["view.user", "view.item", "buy.user", "buy.item", "test.user", "test.item", "test.neg", "valid.item",
-           "valid.neg", "meta_users"]
+# Schema version 2: the behaviors' arrays by position (view is train.0, buy train.1).
+ID_KEYS = ["train.0.user", "train.0.item", "train.1.user", "train.1.item", "test.user", "test.item", "test.neg",
+           "valid.item", "valid.neg", "meta_users"]
 MUTATIONS = ["huge", "negative", "one_past_end", "float", "shorter", "two_dim", "drop", "neg_columns", "n_items",
              "n_users", "behaviors_empty", "behaviors_unknown", "behaviors_twice", "count", "other_dataset",
              "no_manifest_checksum", "rewrite"]
@@ -57,7 +58,7 @@ def tamper(ds_dir: Path, mutation: str, key: str, columns: int, other: Path) -> 
         key = "test.neg"
         a = np.resize(arrays["test.neg"], (len(arrays["test.neg"]), columns))
     elif mutation == "n_items":
-        manifest["n_items"] = int(arrays["view.item"].max())
+        manifest["n_items"] = int(arrays["train.0.item"].max())
     elif mutation == "n_users":
         manifest["n_users"] = 0
     elif mutation == "behaviors_empty":
