@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from cml_cli.data.store import fsync_dir
-from cml_cli.errors import InputError
+from cml_cli.errors import InputError, write_error
 
 _DTYPES = {"bfloat16": torch.bfloat16}
 
@@ -69,14 +69,18 @@ def _unflatten(obj: Any, arrays: dict[str, np.ndarray]) -> Any:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename)."""
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename); a failing write
+    (read-only place, disk full) leaves no temporary and raises one clear error."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {}
     tree = json.dumps(_flatten(state, arrays)).encode()
     arrays["tree"] = np.frombuffer(tree, dtype=np.uint8)
     arrays["tree_sha256"] = np.frombuffer(hashlib.sha256(tree).hexdigest().encode(), dtype=np.uint8)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise write_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
@@ -84,6 +88,9 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_error(path, e) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -6,12 +6,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cml_cli.data.store import write_json_atomic
+from cml_cli.config import check_cutoffs
+from cml_cli.data.store import check_writable_dir, write_json_atomic
 from cml_cli.errors import InputError
 from cml_cli.evaluate import evaluate_full, evaluate_sampled
 from cml_cli.registry import make_trainer
 from cml_cli.train.checkpoint import load_checkpoint
-from cml_cli.train.loop import load_run_dataset, resolve_device
+from cml_cli.train.loop import check_identity, load_run_dataset, load_trainer_state, resolve_device
 from cml_cli.train.rundir import RunDir
 
 CHECKPOINTS = ("best", "last")
@@ -25,8 +26,11 @@ def evaluate_run(run_path: Path, *, checkpoint: str = "best", split: str = "test
     """Evaluate ``checkpoint`` (best | last) of a run on ``split`` with ``protocol``
     (sampled 1+99 | full ranking) and write ``eval-<split>-<protocol>-<checkpoint>.json``.
 
-    The dataset is the run's own (see :meth:`RunDir.dataset_dir`; its checksum must match).
-    Sampled metrics are ``result[split]``, full-ranking ones ``result[split]["full"]``.
+    The dataset is the run's own (see :meth:`RunDir.dataset_dir`; its checksum must match), the
+    checkpoint must be the run's own (its identity: model, configuration, dataset), cut-offs
+    may not exceed the item count, and with ``write`` the run directory must be writable: each
+    is checked before any computing. Sampled metrics are ``result[split]``, full-ranking ones
+    ``result[split]["full"]``.
     ``result["checkpoint_used"]`` names the file read: without ``best.ckpt`` (a run that has
     not validated yet) ``best`` falls back to ``last.ckpt``, and says so on stderr."""
     for option, value, allowed in (("--checkpoint", checkpoint, CHECKPOINTS), ("--split", split, SPLITS),
@@ -39,8 +43,11 @@ def evaluate_run(run_path: Path, *, checkpoint: str = "best", split: str = "test
     if not run.path.is_dir():
         raise InputError(f"{run.path}: no such run directory")
     cfg = run.read_config()
-    ks = ks or cfg.ks
+    dev = resolve_device(device or cfg.device)
+    if write:
+        check_writable_dir(run.path, "run directory (evaluate writes its results there)")
     ds = load_run_dataset(run.dataset_dir(data_dir), cfg)
+    ks = check_cutoffs(ks or cfg.ks, ds.n_items, "--ks")
     if split == "valid" and len(ds.valid) == 0:
         raise InputError(f"dataset '{ds.name}' has no validation split (preprocessed with --no-valid)")
     path = run.best if checkpoint == "best" else run.last
@@ -50,9 +57,9 @@ def evaluate_run(run_path: Path, *, checkpoint: str = "best", split: str = "test
     if not path.is_file():
         raise InputError(f"{path}: no checkpoint (has the run trained an epoch?)")
     state = load_checkpoint(path)
-    dev = resolve_device(device or cfg.device)
+    check_identity(path, state, run.identity(cfg))
     trainer = make_trainer(ds, cfg, dev)
-    trainer.load_model_state(state["trainer"])
+    load_trainer_state(trainer, path, state)
     scorer = trainer.scorer()
     if protocol == "sampled":
         metrics = evaluate_sampled(scorer, getattr(ds, split), ks, cfg.eval_batch, dev)

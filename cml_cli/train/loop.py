@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cml_cli.config import RunConfig
+from cml_cli.config import RunConfig, check_cutoffs
 from cml_cli.data.dataset import MultiBehaviorDataset
 from cml_cli.data.store import (
     ARRAYS,
@@ -23,23 +23,29 @@ from cml_cli.data.store import (
     resolve_dataset_dir,
     write_json_atomic,
 )
-from cml_cli.errors import InputError, NonFiniteLoss, RunError
+from cml_cli.errors import InputError, Interrupted, NonFiniteLoss, RunError
 from cml_cli.evaluate import evaluate_full, evaluate_sampled
 from cml_cli.registry import make_trainer
 from cml_cli.tracking import Tracker, tracked
 from cml_cli.train.checkpoint import load_checkpoint, save_checkpoint
 from cml_cli.train.progress import NullProgress, Progress
-from cml_cli.train.rundir import RunDir
+from cml_cli.train.rundir import RunDir, describe_identity
 from cml_cli.train.trainer import Trainer
 
 SELECT = "ndcg@10"
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` as a device; anything else, or CUDA where
+    there is none, is an :class:`InputError`."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name != "cpu" and not (name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise InputError(f"--device: '{name}' is not one of auto, cpu, cuda, cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {name}: CUDA is not available on this machine")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return torch.device(name)
 
 
@@ -84,6 +90,7 @@ def train(
     check_writable_dir(Path(runs_dir), "runs directory")
     ds_dir = resolve_dataset_dir(dataset, data_dir)
     ds_manifest = read_manifest(ds_dir)
+    check_cutoffs(cfg.ks, ds_manifest["n_items"])
     run = RunDir(Path(runs_dir) / (name or default_run_name(ds_manifest["name"], cfg)))
     run.check_replaceable(force)
     device = resolve_device(cfg.device)
@@ -102,12 +109,24 @@ def train(
             trainer = make_trainer(ds, cfg, device)
             return tracked(tracker, run.path, cfg.to_dict(), [run.config, run.final], progress or NullProgress(),
                            lambda p: _fit(run, ds, cfg, trainer, rng, _fresh_state(), p, evaluate_test))
-        except BaseException:
-            if not run.last.is_file():
+        except BaseException as e:
+            kept = run.last.is_file() or run.previous.is_file()
+            if not kept:
                 run.discard(remove_dir=created)
+            if isinstance(e, KeyboardInterrupt):
+                raise _interrupted(run, kept, "run the same command again") from None
             raise
     finally:
         run.unlock()
+
+
+def _interrupted(run: RunDir, kept: bool, otherwise: str) -> Interrupted:
+    """What Ctrl-C during the run in ``run`` leaves, and how to go on."""
+    if kept:
+        return Interrupted(f"training of {run.path} stopped; its last complete checkpoint is kept: continue with "
+                           f"`cml train --resume {run.path}`")
+    return Interrupted(f"training of {run.path} stopped before its first epoch completed, so nothing was kept: "
+                       f"{otherwise}")
 
 
 def _fresh_state() -> dict[str, Any]:
@@ -119,26 +138,27 @@ def resume(run_path: Path, *, data_dir: Path | None = None, progress: Progress |
     """Continue an interrupted run from its last complete checkpoint (``previous`` if the
     last one is corrupt or missing); the result equals an uninterrupted run's."""
     run = RunDir(run_path)
-    run.check_is_run()  # before the lock: nothing is written into a directory that is not a run's
+    # Everything that can be checked is checked before the lock: nothing (not even a .lock) is
+    # written into a directory that is not a run's, or whose run cannot continue.
+    run.check_is_run()
+    _resumed_config(run, epochs)
+    run.dataset_dir(data_dir)
     run.lock()
     try:
-        cfg = run.read_config()
-        if epochs is not None:
-            cfg.epochs = epochs
-            cfg.validate()
+        cfg = _resumed_config(run, epochs)
         ds_dir = run.dataset_dir(data_dir)
         device = resolve_device(cfg.device)
         ds = load_run_dataset(ds_dir, cfg)
         rng = _seed_everything(cfg.seed)
         trainer = make_trainer(ds, cfg, device)
         run.remove_temporaries()
-        ckpt = _last_good_checkpoint(run)
+        ckpt = _last_good_checkpoint(run, run.identity(cfg))
         if epochs is not None:
             run.write_config(cfg)
         if ckpt is None:
             state = _fresh_state()
         else:
-            trainer.load_state_dict(ckpt["trainer"])
+            load_trainer_state(trainer, run.checkpoints, ckpt, full=True)
             rng.bit_generator.state = ckpt["numpy_rng"]
             torch.set_rng_state(ckpt["torch_rng"])
             if ckpt.get("cuda_rng") is not None and trainer.device.type == "cuda":
@@ -147,8 +167,39 @@ def resume(run_path: Path, *, data_dir: Path | None = None, progress: Progress |
         run.write_log(state["history"])
         return tracked(tracker, run.path, cfg.to_dict(), [run.config, run.final], progress or NullProgress(),
                        lambda p: _fit(run, ds, cfg, trainer, rng, state, p))
+    except KeyboardInterrupt:
+        kept = run.last.is_file() or run.previous.is_file()
+        raise _interrupted(run, kept, f"continue with `cml train --resume {run.path}`") from None
     finally:
         run.unlock()
+
+
+def _resumed_config(run: RunDir, epochs: int | None) -> RunConfig:
+    """The run's configuration, with ``epochs`` when given (``--resume --epochs``), validated."""
+    cfg = run.read_config()
+    if epochs is not None:
+        cfg.epochs = epochs
+        cfg.validate()
+    return cfg
+
+
+def check_identity(path: Path, state: dict, expected: dict[str, str]) -> None:
+    """A checkpoint must carry the identity of the run it is loaded into (checkpoints written
+    before identities were recorded carry none and are only checked by loading them)."""
+    found = state.get("identity")
+    if found is not None and found != expected:
+        raise InputError(f"{path}: belongs to another run ({describe_identity(found)}), not to this one "
+                         f"({describe_identity(expected)}); nothing was changed")
+
+
+def load_trainer_state(trainer: Trainer, path: Path, state: dict, full: bool = False) -> None:
+    """Load a checkpoint's trainer state (``full``: with the optimizers, to continue training);
+    one that does not fit the model is an :class:`InputError` naming the file."""
+    try:
+        (trainer.load_state_dict if full else trainer.load_model_state)(state["trainer"])
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
+        why = " ".join(str(e).split())[:200]
+        raise InputError(f"{path}: does not fit this run's model ({type(e).__name__}: {why})") from None
 
 
 def load_run_dataset(ds_dir: Path, cfg: RunConfig) -> MultiBehaviorDataset:
@@ -174,26 +225,30 @@ def _read_training_checkpoint(path: Path) -> dict:
     return ckpt
 
 
-def _best_epoch_on_disk(run: RunDir) -> tuple[int | None, str | None]:
-    """The epoch stored in ``best.ckpt`` (None if absent) or why it cannot be read."""
+def _best_epoch_on_disk(run: RunDir, identity: dict[str, str]) -> tuple[int | None, str | None]:
+    """The epoch stored in ``best.ckpt`` (None if absent) or why it cannot be read; a
+    ``best.ckpt`` of another run is an :class:`InputError`."""
     if not run.best.is_file():
         return None, None
     try:
         best = load_checkpoint(run.best)
-        return int(best["epoch"]), None
+        epoch = int(best["epoch"])
     except (InputError, KeyError, TypeError, ValueError) as e:
         return None, str(e) if isinstance(e, InputError) else f"{run.best}: corrupt checkpoint (no epoch)"
+    check_identity(run.best, best, identity)
+    return epoch, None
 
 
-def _last_good_checkpoint(run: RunDir) -> dict | None:
+def _last_good_checkpoint(run: RunDir, identity: dict[str, str]) -> dict | None:
     """The newest checkpoint to continue from: ``last.ckpt``, else ``previous.ckpt``.
 
     A checkpoint is usable when it is intact and the best model it refers to is on disk
     (``best.ckpt`` of its best epoch, or of a later epoch that replaying will write again).
     A corrupt ``last.ckpt`` is moved aside (``last.ckpt.corrupt``) so that the next rotation
     cannot push it over the good ``previous.ckpt``. ``None``: start from epoch 0 (there are
-    no checkpoints). Raises :class:`InputError` naming the files when none is usable."""
-    best_epoch, best_problem = _best_epoch_on_disk(run)
+    no checkpoints). Raises :class:`InputError` naming the files when none is usable, and at
+    once for a checkpoint of another run (``identity``: :func:`check_identity`)."""
+    best_epoch, best_problem = _best_epoch_on_disk(run, identity)
     problems: list[str] = []
     for path in (run.last, run.previous):
         if not path.is_file():
@@ -203,6 +258,7 @@ def _last_good_checkpoint(run: RunDir) -> dict | None:
         except InputError as e:
             problems.append(str(e))
             continue
+        check_identity(path, ckpt, identity)
         loop = ckpt["loop"]
         needs_best = loop["best_epoch"] > 0 and math.isfinite(loop["best"])
         if needs_best and best_epoch != loop["best_epoch"] and not (best_epoch or 0) > loop["epoch"]:
@@ -223,6 +279,7 @@ def _last_good_checkpoint(run: RunDir) -> dict | None:
 def _fit(run: RunDir, ds: MultiBehaviorDataset, cfg: RunConfig, trainer: Trainer, rng: np.random.Generator,
          state: dict, progress: Progress, evaluate_test: bool = True) -> dict[str, Any]:
     ks = _eval_ks(cfg)
+    identity = run.identity(cfg)
     epochs = cfg.epochs if trainer.trainable else 1
     has_valid = len(ds.valid) > 0
     select_on = "test" if cfg.protocol == "paper" else ("valid" if has_valid else None)
@@ -258,7 +315,7 @@ def _fit(run: RunDir, ds: MultiBehaviorDataset, cfg: RunConfig, trainer: Trainer
             score = row[select_on][SELECT]
             if score > state["best"]:
                 state.update(best=score, best_epoch=epoch, bad=0)
-                save_checkpoint(run.best, {"epoch": epoch, "trainer": trainer.model_state()})
+                save_checkpoint(run.best, {"epoch": epoch, "trainer": trainer.model_state(), "identity": identity})
             else:
                 state["bad"] += 1
         else:
@@ -269,7 +326,8 @@ def _fit(run: RunDir, ds: MultiBehaviorDataset, cfg: RunConfig, trainer: Trainer
             run.last.replace(run.previous)
         cuda_rng = torch.cuda.get_rng_state(trainer.device) if trainer.device.type == "cuda" else None
         save_checkpoint(run.last, {"trainer": trainer.state_dict(), "numpy_rng": rng.bit_generator.state,
-                                   "torch_rng": torch.get_rng_state(), "cuda_rng": cuda_rng, "loop": state})
+                                   "torch_rng": torch.get_rng_state(), "cuda_rng": cuda_rng, "loop": state,
+                                   "identity": identity})
         run.append_log(row)
         progress.end_epoch(row)
         stop = epoch >= epochs or (select_on is not None and cfg.patience > 0 and state["bad"] > cfg.patience)
@@ -288,10 +346,11 @@ def _finish(run: RunDir, ds: MultiBehaviorDataset, cfg: RunConfig, trainer: Trai
             has_valid: bool, evaluate_test: bool = True) -> dict[str, Any]:
     if run.best.is_file():
         best = load_checkpoint(run.best)
+        check_identity(run.best, best, run.identity(cfg))
         if best.get("epoch") != state["best_epoch"]:
             raise RunError(f"{run.best}: holds epoch {best.get('epoch')}, but the best epoch is "
                            f"{state['best_epoch']}")
-        trainer.load_model_state(best["trainer"])
+        load_trainer_state(trainer, run.best, best)
     scorer = trainer.scorer()
     history = state["history"]
     result: dict[str, Any] = {

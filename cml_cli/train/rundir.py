@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -22,17 +23,34 @@ import time
 from pathlib import Path
 
 from cml_cli import __version__
-from cml_cli.config import RunConfig, apply_overrides, config_to_toml, load_toml
+from cml_cli.config import PLACEMENT_KEYS, RunConfig, apply_overrides, config_to_toml, load_toml
 from cml_cli.data.store import (
     ARRAYS,
     MANIFEST,
+    check_name,
     check_writable_dir,
     read_manifest,
     resolve_dataset_dir,
     write_json_atomic,
     write_text_atomic,
 )
-from cml_cli.errors import InputError
+from cml_cli.errors import InputError, write_error
+
+# Keys a run may change without becoming another run: where it computes, and how long it
+# trains (``--resume --epochs`` extends a run).
+IDENTITY_IGNORES = (*PLACEMENT_KEYS, "epochs")
+
+
+def run_identity(cfg: RunConfig, dataset_checksum: str) -> dict[str, str]:
+    """What ties a checkpoint to its run: the model, a hash of the resolved configuration
+    (without :data:`IDENTITY_IGNORES`) and the dataset's checksum."""
+    body = {k: v for k, v in cfg.to_dict().items() if k not in IDENTITY_IGNORES}
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+    return {"model": cfg.model, "config": digest, "dataset": dataset_checksum[:16]}
+
+
+def describe_identity(identity: dict) -> str:
+    return f"model {identity.get('model')}, config {identity.get('config')}, dataset {identity.get('dataset')}"
 
 
 def git_revision() -> str:
@@ -94,7 +112,10 @@ class RunDir:
 
     def create(self) -> None:
         check_writable_dir(self.path, "run directory")
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        try:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise write_error(self.checkpoints, e) from None
 
     def lock(self) -> None:
         """Take the run directory's lock or fail, changing nothing, if another process holds it.
@@ -146,15 +167,21 @@ class RunDir:
         return True
 
     def check_is_run(self) -> None:
-        """An :class:`InputError` unless this is a run directory with its config."""
+        """An :class:`InputError` unless this is a run directory: a readable run manifest and
+        a valid configuration (checked before anything is written into it)."""
         if not self.path.is_dir():
             raise InputError(f"{self.path}: no such run directory")
         if not self.manifest.is_file() or not self.config.is_file():
             raise InputError(f"{self.path}: not a run directory (no manifest.json and config.toml)")
+        self.read_manifest()
+        self.read_config()
 
     def check_replaceable(self, force: bool) -> None:
         """May a new run start here? Yes when the directory is missing or empty, or, with
         ``force``, when it is a run directory that no other process is using."""
+        if self.path.is_symlink():
+            raise InputError(f"{self.path}: is a symbolic link; a run directory is never replaced through one, so "
+                             "nothing was changed (use another --name)")
         if self.is_empty():
             return
         pid = self.holder()
@@ -259,7 +286,12 @@ class RunDir:
         if not isinstance(manifest, dict) or not isinstance(manifest.get("dataset"), str) or \
                 not isinstance(manifest.get("dataset_checksum"), str):
             raise InputError(f"{self.manifest}: corrupt (no dataset or dataset_checksum)")
+        check_name(manifest["dataset"], f"{self.manifest}: dataset")
         return manifest
+
+    def identity(self, cfg: RunConfig) -> dict[str, str]:
+        """The identity (:func:`run_identity`) a checkpoint of this run with ``cfg`` carries."""
+        return run_identity(cfg, self.read_manifest()["dataset_checksum"])
 
     def dataset_dir(self, data_dir: Path | None = None) -> Path:
         """The run's dataset, checked to be the one it was trained on (same checksum): under
@@ -296,8 +328,11 @@ class RunDir:
         write_text_atomic(self.log, "".join(json.dumps(row) + "\n" for row in history))
 
     def append_log(self, row: dict) -> None:
-        with open(self.log, "a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.log, "a") as f:
+                f.write(json.dumps(row) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise write_error(self.log, e) from None
 
