@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import Any
 
 from cml_cli.config import RunConfig
 from cml_cli.errors import InputError
+from cml_cli.lifeline import child_env, die_with_parent
 
 EXECUTORS = ("local", "ray")
 
@@ -102,7 +104,9 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _worker_main(argv: list[str]) -> int:
-    """``python -m cml_cli.ablate SPEC_JSON``: one run in its own process (exit 1 if it failed)."""
+    """``python -m cml_cli.ablate SPEC_JSON``: one run in its own process (exit 1 if it failed),
+    which ends if its parent (``cml ablate``) does."""
+    die_with_parent()
     spec = json.loads(argv[0])
     outcome = run_one(spec)
     return 0 if outcome["ok"] else 1
@@ -136,19 +140,27 @@ def _run_local(specs: list[dict], jobs: int, notify: Callable[[dict, dict], None
             notify(spec, run_one(spec))
         return
     procs: dict[str, subprocess.Popen] = {}
+    stopping = threading.Event()
 
     def one(spec: dict) -> dict:
         started = time.perf_counter()
-        env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"]),
-               "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore")}
+        env = child_env({**os.environ, "OMP_NUM_THREADS": str(spec["threads"]),
+                         "MKL_NUM_THREADS": str(spec["threads"]),
+                         "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore")})
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         log = Path(spec["log"])
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a") as f:
+            if stopping.is_set():
+                return {"ok": False, "error": "not started: the grid was stopped", "seconds": 0.0}
+            # This thread waits for its worker, which matters: the worker's parent-death signal
+            # (cml_cli.lifeline) fires when the thread that started it ends.
             proc = subprocess.Popen([sys.executable, "-m", "cml_cli.ablate", json.dumps(spec)], stdout=f,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
             procs[spec["dir"]] = proc
+            if stopping.is_set():
+                proc.terminate()
             rc = proc.wait()
         seconds = time.perf_counter() - started
         if rc == 0:
@@ -166,9 +178,10 @@ def _run_local(specs: list[dict], jobs: int, notify: Callable[[dict, dict], None
         for fut in as_completed(futures):
             notify(futures[fut], fut.result())
     except BaseException:
+        stopping.set()
         for fut in futures:
             fut.cancel()
-        for proc in procs.values():
+        for proc in list(procs.values()):
             if proc.poll() is None:
                 proc.terminate()
         raise
