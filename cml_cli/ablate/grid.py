@@ -13,21 +13,32 @@ from typing import Any
 
 from cml_cli.ablate.executors import EXECUTORS, _cores, _run_local, _run_ray
 from cml_cli.ablate.registry import REFERENCE, Variant, registry, select_variants
-from cml_cli.config import PLACEMENT_KEYS, RunConfig, apply_overrides, compose, config_changes, dataset_preset_name, load_toml
+from cml_cli.config import (
+    PLACEMENT_KEYS,
+    SEED_MAX,
+    RunConfig,
+    apply_overrides,
+    compose,
+    config_changes,
+    dataset_preset_name,
+    load_toml,
+)
 from cml_cli.data.dataset import N_NEGATIVES
 from cml_cli.data.store import (
     ARRAYS,
     GRID_FILE,
     check_name,
     check_writable_dir,
-    read_json_object,
+    read_grid,
     read_manifest,
     resolve_dataset_dir,
     write_json_atomic,
 )
-from cml_cli.errors import InputError
+from cml_cli.errors import InputError, Interrupted
 from cml_cli.tracking import Tracking
 from cml_cli.train.rundir import RunDir
+
+MAX_JOBS = 256
 
 
 def dir_name(variant: str, seed: int) -> str:
@@ -50,9 +61,26 @@ def check_seeds(seeds: list[int]) -> list[int]:
         raise InputError("--seeds: need at least one seed")
     if len(set(seeds)) != len(seeds):
         raise InputError(f"--seeds: repeated seed in {seeds}")
-    if any(s < 0 for s in seeds):
-        raise InputError(f"--seeds: seeds must be >= 0, got {seeds}")
+    if any(not 0 <= s <= SEED_MAX for s in seeds):
+        raise InputError(f"--seeds: seeds must be in [0, {SEED_MAX}], got {seeds}")
     return list(seeds)
+
+
+def check_grid_dir(grid_dir: Path) -> None:
+    """``cml ablate`` writes only into its own kind of directory: a missing or empty one, or one
+    holding a ``grid.json``; never through a symbolic link. Anything else is an
+    :class:`InputError`, and nothing there is touched."""
+    grid_dir = Path(grid_dir)
+    if grid_dir.is_symlink():
+        raise InputError(f"{grid_dir}: is a symbolic link; cml ablate never writes through one, so nothing was "
+                         "changed (use another --name)")
+    if not grid_dir.exists():
+        return
+    if not grid_dir.is_dir():
+        raise InputError(f"{grid_dir}: exists and is not a directory; nothing was changed (use another --name)")
+    if any(grid_dir.iterdir()) and not (grid_dir / GRID_FILE).is_file():
+        raise InputError(f"{grid_dir}: exists and is not an ablation directory (no {GRID_FILE}); cml ablate writes "
+                         "only into its own directories, so nothing was changed (use another --name)")
 
 
 # --------------------------------------------------------------------------- planning
@@ -81,7 +109,7 @@ def _existing_runs(grid_dir: Path) -> dict[str, dict[str, Any]]:
     out = {}
     if grid_dir.is_dir():
         for d in sorted(grid_dir.iterdir()):
-            cfg = RunDir(d).read_config_dict() if d.is_dir() else None
+            cfg = RunDir(d).read_config_dict() if d.is_dir() and not d.is_symlink() else None
             if cfg is not None:
                 out[d.name] = cfg
     return out
@@ -143,6 +171,9 @@ def plan(grid_dir: Path, variants: list[Variant], seeds: list[int], preset: str,
 
 def _unit(path: Path, name: str, cfg: dict[str, Any], stored: dict[str, Any] | None, checksum: str,
           conflicts: list[str]) -> Unit:
+    if path.is_symlink():
+        conflicts.append(f"{path} is a symbolic link (a run directory is never written through one)")
+        return Unit(name, "done", cfg)
     if stored is None:
         return Unit(name, "new", cfg)
     run = RunDir(path)
@@ -197,7 +228,7 @@ class GridBook:
 
     def __init__(self, grid_dir: Path):
         self.path = grid_dir / GRID_FILE
-        self.grid: dict[str, Any] = read_json_object(self.path) or {}
+        self.grid: dict[str, Any] = read_grid(self.path) or {}
 
     def start(self, info: DatasetInfo, overrides: dict[str, Any], variants: list[Variant], seeds: list[int],
               mapping: dict[tuple[str, int], str], command: str | None) -> None:
@@ -249,8 +280,8 @@ class Execution:
     def check(self) -> Execution:
         if self.executor not in EXECUTORS:
             raise InputError(f"--executor: '{self.executor}' is not one of {', '.join(EXECUTORS)}")
-        if self.jobs < 1:
-            raise InputError(f"--jobs: must be at least 1, got {self.jobs}")
+        if not 1 <= self.jobs <= MAX_JOBS:
+            raise InputError(f"--jobs: must be in [1, {MAX_JOBS}], got {self.jobs}")
         if self.ray_address and self.executor != "ray":
             raise InputError("--ray-address: only with --executor ray")
         return self
@@ -269,6 +300,44 @@ def read_configs(files: list[str | Path], known: list[str] | None = None) -> dic
             raise InputError(f"--config {text}: unknown variant '{variant}' (known: {', '.join(known)})")
         out.setdefault(variant, []).append(load_toml(Path(path)))
     return out
+
+
+def _execute(grid_dir: Path, units: list[Unit], specs: list[dict[str, Any]], execution: Execution, book: GridBook,
+             on_event: Event | None) -> list[dict[str, Any]]:
+    """Run ``specs`` (the units not done), record each outcome in ``grid.json`` and report it;
+    returns the failures. Ctrl-C raises :class:`Interrupted` saying what was kept."""
+    by_dir = {u.dir: u for u in units}
+    failed: list[dict[str, Any]] = []
+    count = {"n": 0}
+
+    def notify(spec: dict, outcome: dict) -> None:
+        unit = by_dir[spec["dir"]]
+        event = outcome.get("event")
+        if event is None:
+            count["n"] += 1
+            event = "done" if outcome["ok"] else "failed"
+            book.outcome(unit.dir, None if outcome["ok"] else outcome["error"])
+            if not outcome["ok"]:
+                failed.append({"run": str(grid_dir / unit.dir), "log": spec["log"], "error": outcome["error"],
+                               "variants": unit.variants, "seed": unit.seed})
+        if on_event is not None:
+            on_event(event, unit, {**outcome, "index": count["n"], "total": len(specs), "log": spec["log"],
+                                   "run": str(grid_dir / unit.dir)})
+
+    for u in units:
+        if u.state == "done":
+            book.grid["failed"].pop(u.dir, None)
+            if on_event is not None:
+                on_event("reused", u, {"run": str(grid_dir / u.dir), "total": len(specs)})
+    try:
+        if specs and execution.executor == "ray":
+            _run_ray(specs, execution.jobs, execution.ray_address, notify)
+        elif specs:
+            _run_local(specs, execution.jobs, notify)
+    except KeyboardInterrupt:
+        raise Interrupted(f"ablation {grid_dir} stopped; its finished runs are kept and each interrupted run keeps "
+                          "its last complete checkpoint: run the same command again to resume") from None
+    return failed
 
 
 def run_grid(
@@ -304,6 +373,7 @@ def run_grid(
         raise InputError("--variants: nothing to run")
     tables = read_configs(list(configs), list(reg))
     name = check_name(name, "--name") if name is not None else f"ablate-{info.name}"
+    check_grid_dir(Path(runs_dir) / name)
     grid_dir = (Path(runs_dir) / name).resolve()
     check_writable_dir(grid_dir, "ablation directory")
     track = execution.track.named(experiment=name).check() if execution.track else None
@@ -318,33 +388,7 @@ def run_grid(
               "dir": u.dir, "state": u.state, "config": u.config, "log": str(grid_dir / f"{u.dir}.log"),
               "threads": execution.threads(), "track": track.named(run_name=u.dir).to_dict() if track else None}
              for u in todo]
-    by_dir = {u.dir: u for u in units}
-    failed: list[dict[str, Any]] = []
-    count = {"n": 0}
-
-    def notify(spec: dict, outcome: dict) -> None:
-        unit = by_dir[spec["dir"]]
-        event = outcome.get("event")
-        if event is None:
-            count["n"] += 1
-            event = "done" if outcome["ok"] else "failed"
-            book.outcome(unit.dir, None if outcome["ok"] else outcome["error"])
-            if not outcome["ok"]:
-                failed.append({"run": str(grid_dir / unit.dir), "log": spec["log"], "error": outcome["error"],
-                               "variants": unit.variants, "seed": unit.seed})
-        if on_event is not None:
-            on_event(event, unit, {**outcome, "index": count["n"], "total": len(specs), "log": spec["log"],
-                                   "run": str(grid_dir / unit.dir)})
-
-    for u in reused:
-        book.grid["failed"].pop(u.dir, None)
-        if on_event is not None:
-            on_event("reused", u, {"run": str(grid_dir / u.dir), "total": len(specs)})
-    if specs:
-        if execution.executor == "ray":
-            _run_ray(specs, execution.jobs, execution.ray_address, notify)
-        else:
-            _run_local(specs, execution.jobs, notify)
+    failed = _execute(grid_dir, units, specs, execution, book, on_event)
     book.write()
     return {"grid_dir": str(grid_dir), "variants": [v.name for v in chosen], "seeds": seeds, "failed": failed,
             "executed": len(specs), "reused": len(reused), "seconds": time.perf_counter() - started}

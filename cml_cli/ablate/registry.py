@@ -10,6 +10,7 @@ from typing import Any
 
 from cml_cli import registry as models
 from cml_cli.config import RunConfig, apply_overrides, read_toml
+from cml_cli.data.store import MAX_NAME_BYTES
 from cml_cli.errors import InputError
 
 REFERENCE = "cml"
@@ -73,17 +74,20 @@ def load_variants_file(path: Path) -> dict[str, Variant]:
         raise InputError(f"--variants-file {path}: expected tables [variants.NAME] of overrides")
     out = {}
     for name, spec in table.items():
+        if not name.strip() or any(ord(c) < 32 or ord(c) == 127 for c in name) or len(name.encode()) > MAX_NAME_BYTES:
+            raise InputError(f"--variants-file {path}: variants.{name!r}: a variant name must be printable text of "
+                             f"1 to {MAX_NAME_BYTES} bytes")
         if not isinstance(spec, dict):
             raise InputError(f"--variants-file {path}: variants.{name} must be a table of overrides")
         spec = dict(spec)
         description = str(spec.pop("description", ""))
-        kind = models.kind_of(spec["model"]) if spec.get("model", REFERENCE) != REFERENCE else "custom"
         if "seed" in spec:
             raise InputError(f"--variants-file {path}: variants.{name}: 'seed' is set by --seeds")
         try:
             apply_overrides(RunConfig(), spec)
         except InputError as e:
             raise InputError(f"--variants-file {path}: variants.{name}: {e}") from None
+        kind = models.kind_of(spec["model"]) if spec.get("model", REFERENCE) != REFERENCE else "custom"
         out[name] = Variant(name, spec, kind, description or "from " + path.name)
     return out
 

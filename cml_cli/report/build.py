@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cml_cli.data.store import write_text_atomic
+from cml_cli.data.store import check_writable_dir, write_text_atomic
 from cml_cli.errors import InputError
-from cml_cli.report.figures import _history, plot_bars, plot_cutoffs, plot_validation
+from cml_cli.report.figures import _history, _pyplot, plot_bars, plot_cutoffs, plot_validation
 from cml_cli.report.tables import (
     Table,
     findings,
@@ -34,12 +34,27 @@ def _revisions(grid_dir: Path, table: Table) -> tuple[list[str], list[str]]:
     return sorted(revs), sorted(machines)
 
 
+def _header(grid_dir: Path, table: Table) -> list[str]:
+    """The opening lines of ``report.md``: what was run, where, how, and the test table."""
+    revs, machines = _revisions(grid_dir, table)
+    return [f"# Ablation report: `{table.name}` on {table.dataset}", "",
+            f"- Runs: `{grid_dir}` ({len(table.runs)} runs, seeds {', '.join(map(str, table.seeds))})",
+            f"- Evaluation: {table.evaluation}; protocol `{table.protocol}`",
+            f"- Statistics: {table.statistics}",
+            f"- Git revision(s) of the runs: {', '.join(f'`{r}`' for r in revs) or 'unknown'}",
+            f"- Machine(s): {'; '.join(machines) or 'unknown'}",
+            f"- Generated: {time.strftime('%Y-%m-%d %H:%M:%S %z')}", "",
+            "## Test metrics", "", table_markdown(table), *[f"- {s}" for s in findings(table)], ""]
+
+
 def build_report(runs: Path, out: Path | None = None, *, plots: bool = True, variants: list[str] | None = None,
                  seeds: list[int] | None = None) -> dict[str, Any]:
     """Rebuild the tables of an ablation directory (restricted to ``variants`` / ``seeds`` if
     given), draw the figures and write ``report.md`` (default ``out``: ``RUNS/report``).
     Returns ``{"out", "files", "table"}`` (the table as :class:`Table`)."""
     grid_dir = Path(runs)
+    if plots:
+        _pyplot()  # without matplotlib: one line naming the extra, before anything is written
     if variants is not None:
         known = load_grid(grid_dir)["variants"]
         unknown = [v for v in variants if v not in known]
@@ -47,6 +62,7 @@ def build_report(runs: Path, out: Path | None = None, *, plots: bool = True, var
             raise InputError(f"--variants: {', '.join(unknown)} not in {grid_dir} (has {', '.join(known)})")
     table = summarize_grid(grid_dir, variants, seeds)
     out_dir = Path(out) if out is not None else grid_dir / "report"
+    check_writable_dir(out_dir, "--out")  # a read-only grid or place: one line, before anything is written
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -58,15 +74,7 @@ def build_report(runs: Path, out: Path | None = None, *, plots: bool = True, var
         figures["cutoffs"] = plot_cutoffs(table, out_dir)
         figures["valid"] = plot_validation(table, grid_dir, out_dir)
         files += [p for ps in figures.values() for p in ps]
-    revs, machines = _revisions(grid_dir, table)
-    lines = [f"# Ablation report: `{table.name}` on {table.dataset}", "",
-             f"- Runs: `{grid_dir}` ({len(table.runs)} runs, seeds {', '.join(map(str, table.seeds))})",
-             f"- Evaluation: {table.evaluation}; protocol `{table.protocol}`",
-             f"- Statistics: {table.statistics}",
-             f"- Git revision(s) of the runs: {', '.join(f'`{r}`' for r in revs) or 'unknown'}",
-             f"- Machine(s): {'; '.join(machines) or 'unknown'}",
-             f"- Generated: {time.strftime('%Y-%m-%d %H:%M:%S %z')}", "",
-             "## Test metrics", "", table_markdown(table), *[f"- {s}" for s in findings(table)], ""]
+    lines = _header(grid_dir, table)
 
     def fig(key: str, caption: str) -> None:
         pngs = [p for p in figures.get(key, []) if p.suffix == ".png"]

@@ -4,12 +4,13 @@ metrics against the cut-off N. matplotlib is imported only to draw (extra ``[plo
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from cml_cli.errors import InputError
+from cml_cli.errors import InputError, write_error
 from cml_cli.report.tables import _METRIC, Table, label
 
 KIND_COLORS = {"cml": "#c0392b", "ablation": "#2e86c1", "baseline": "#7f8c8d", "peer": "#8e44ad",
@@ -54,9 +55,16 @@ def _subtitle(table: Table) -> str:
 
 
 def _save(fig, out_dir: Path, stem: str) -> list[Path]:
+    """``<stem>.png`` and ``<stem>.svg``, each written to a temporary file and renamed."""
     paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.svg"]
-    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
+    for path in paths:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            fig.savefig(tmp, format=path.suffix[1:], dpi=150, bbox_inches="tight")
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise write_error(path, e) from None
     return paths
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from cml_cli import registry
-from cml_cli.data.store import GRID_FILE, read_json_object
+from cml_cli.data.store import GRID_FILE, read_grid
 from cml_cli.errors import InputError
 from cml_cli.train.rundir import RunDir
 
@@ -63,7 +63,7 @@ def load_grid(grid_dir: Path) -> dict[str, Any]:
     grid_dir = Path(grid_dir)
     if not grid_dir.is_dir():
         raise InputError(f"{grid_dir}: no such directory")
-    grid = read_json_object(grid_dir / GRID_FILE)
+    grid = read_grid(grid_dir / GRID_FILE)
     if grid is not None and isinstance(grid.get("variants"), dict):
         return grid
     variants: dict[str, Any] = {}
@@ -476,10 +476,11 @@ def findings(table: Table) -> list[str]:
 
 def rich_table(table: Table):
     """The headline table for the terminal."""
+    from rich.markup import escape
     from rich.table import Table as RichTable
 
-    t = RichTable(title=f"{table.dataset}: {table.evaluation}, protocol {table.protocol}, "
-                        f"seeds {','.join(map(str, table.seeds))}")
+    t = RichTable(title=escape(f"{table.dataset}: {table.evaluation}, protocol {table.protocol}, "
+                               f"seeds {','.join(map(str, table.seeds))}"))
     t.add_column("variant")
     t.add_column("seeds", justify="right")
     for name in _headline_header(table):
@@ -488,8 +489,8 @@ def rich_table(table: Table):
     for r in table.rows:
         style = "bold" if r.variant == table.reference else ("red" if r.status != "ok" else None)
         cells = [c.replace("—", "") for c in _headline_cells(table, r, bold=False)]
-        t.add_row(r.variant, f"{r.n_ok}/{len(r.seeds)}", *cells, "; ".join(x for x in (r.status_text(), r.note) if x),
-                  style=style)
+        note = "; ".join(x for x in (r.status_text(), r.note) if x)
+        t.add_row(escape(r.variant), f"{r.n_ok}/{len(r.seeds)}", *map(escape, cells), escape(note), style=style)
     return t
 
 
