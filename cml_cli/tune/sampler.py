@@ -20,14 +20,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 
 class TrialSeededTPESampler(BaseSampler):
-    """``TPESampler(seed=seed + n)`` for trial ``n``."""
+    """``TPESampler(seed=(seed + n) mod 2**32)`` for trial ``n``."""
 
     def __init__(self, seed: int) -> None:
         self._seed = seed
         self._inner = TPESampler(seed=seed)
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        self._inner = TPESampler(seed=self._seed + trial.number)
+        self._inner = TPESampler(seed=(self._seed + trial.number) % 2**32)  # numpy seeds are 32-bit
         self._inner.before_trial(study, trial)
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:

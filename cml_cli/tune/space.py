@@ -34,6 +34,9 @@ from cml_cli.errors import InputError
 
 SPACES = Path(__file__).resolve().parent / "spaces"
 TYPES = ("float", "int", "categorical")
+# Keys a study fixes itself, never drawn: why.
+STUDY_KEYS = {"model": "a study tunes the model of --model", "seed": "the study's --seed fixes it",
+              "protocol": "trials always select on validation (strict)"}
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,8 @@ def parse_space(data: dict[str, Any], where: str, fixed: dict[str, Any] | None =
     for name, spec in data.items():
         if name not in fields:
             raise InputError(f"{where}: [{name}] is not a RunConfig key (known: {', '.join(sorted(fields))})")
-        if name == "seed":
-            raise InputError(f"{where}: [seed] cannot be searched (the study's --seed fixes it)")
+        if name in STUDY_KEYS:
+            raise InputError(f"{where}: [{name}] cannot be searched: {STUDY_KEYS[name]}")
         if fixed and name in fixed:
             raise InputError(f"{where}: [{name}] is also fixed with --set; drop one of them")
         if not isinstance(spec, dict):

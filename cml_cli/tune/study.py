@@ -13,12 +13,19 @@ next invocation on the same machine, or, on an RDB storage, by Optuna's heartbea
 
 At the end the best parameters go to ``<tune-dir>/best.toml`` (a ``[train]`` table usable as
 ``cml train --config`` and ``cml ablate --config``) and that configuration is trained once more
-in ``<tune-dir>/best`` with its test split evaluated once.
+in ``<tune-dir>/best`` with its test split evaluated once (a second invocation on the same study
+waits for that run and reuses it).
+
+A tune directory is marked by ``tune.json``; ``cml tune`` writes only into a new or empty
+directory or one of its own. A trial that fails is one line in the study (its ``error``
+attribute) and the study goes on; a journal whose last record was cut off half-way is repaired
+(the torn record set aside) before the study is opened.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -32,8 +39,10 @@ from typing import Any
 
 from cml_cli import registry
 from cml_cli.config import (
+    SEED_MAX,
     RunConfig,
     apply_overrides,
+    check_cutoffs,
     compose,
     config_changes,
     config_to_toml,
@@ -44,26 +53,38 @@ from cml_cli.data.store import (
     ARRAYS,
     check_name,
     check_writable_dir,
+    load_dataset,
     process_alive,
     read_manifest,
     resolve_dataset_dir,
+    write_json_atomic,
     write_text_atomic,
 )
-from cml_cli.errors import InputError, RunError
+from cml_cli.errors import InputError, Interrupted, RunError, redact
+from cml_cli.lifeline import child_env, die_with_parent
 from cml_cli.tracking import Tracker, Tracking
 from cml_cli.train.rundir import RunDir
 from cml_cli.tune.space import Param, load_space
 
 METRIC = "ndcg@10"
 STUDY = "cml-tune"
+TUNE_FILE = "tune.json"  # marks a directory as a tune directory
+JOURNAL = "study.journal"
+MAX_JOBS = 256
+
+
+class TrialFailed(RunError):
+    """A trial's run failed; its one-line error is the trial's ``error`` attribute."""
 
 
 def _optuna():
+    """Optuna, quiet: failed trials are reported by ``cml tune`` itself, one line each, never
+    with Optuna's traceback."""
     try:
         import optuna
     except ImportError:
         raise InputError("cml tune needs Optuna: pip install 'cml-cli[tune]'") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     return optuna
 
 
@@ -108,13 +129,57 @@ def open_storage(url: str):
             from optuna.storages.journal import JournalFileBackend
 
             Path(url).parent.mkdir(parents=True, exist_ok=True)
+            repair_journal(Path(url))
             return optuna.storages.JournalStorage(JournalFileBackend(url))
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna's terms
             warnings.simplefilter("ignore")
             return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
     except Exception as e:  # driver missing, host unreachable, bad URL, unwritable file ...
-        raise InputError(f"--storage {url}: cannot open the study storage ({type(e).__name__}: "
-                         f"{' '.join(str(e).split())[:200]})") from None
+        raise InputError(redact(f"--storage {url}: cannot open the study storage ({type(e).__name__}: "
+                                f"{' '.join(str(e).split())[:200]})")) from None
+
+
+def repair_journal(path: Path) -> Path | None:
+    """Set aside a last record that a write stopped half-way (``kill -9``, a full disk) left
+    at the end of a journal file, so that the next record starts on a line of its own; the
+    torn bytes go to ``<journal>.torn-<time>`` (returned; None when nothing was torn). Done
+    under Optuna's own journal lock, so a record being written right now is never touched."""
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        with open(path, "rb+") as f:
+            end = f.seek(0, os.SEEK_END)
+            f.seek(end - 1)
+            if f.read(1) == b"\n":
+                return None
+            cut = _after_last_newline(f, end)
+            f.seek(cut)
+            aside = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+            aside.write_bytes(f.read())
+            f.truncate(cut)
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        lock.release()
+    sys.stderr.write(f"warning: {path}: its last record was cut off half-way (a write that never finished); set "
+                     f"aside in {aside.name}, the study continues\n")
+    return aside
+
+
+def _after_last_newline(f, end: int) -> int:
+    """The offset just after the last newline before ``end`` in the binary file ``f`` (0: none)."""
+    while end > 0:
+        start = max(end - 65536, 0)
+        f.seek(start)
+        i = f.read(end - start).rfind(b"\n")
+        if i >= 0:
+            return start + i + 1
+        end = start
+    return 0
 
 
 def load_study(spec: TuneSpec, storage=None):
@@ -128,8 +193,8 @@ def load_study(spec: TuneSpec, storage=None):
         return optuna.create_study(storage=storage, study_name=STUDY, direction="maximize", load_if_exists=True,
                                    sampler=TrialSeededTPESampler(spec.seed), pruner=pruner)
     except Exception as e:
-        raise InputError(f"--storage {spec.storage}: cannot create or load the study ({type(e).__name__}: "
-                         f"{' '.join(str(e).split())[:200]})") from None
+        raise InputError(redact(f"--storage {spec.storage}: cannot create or load the study ({type(e).__name__}: "
+                                f"{' '.join(str(e).split())[:200]})")) from None
 
 
 def _signature(spec: TuneSpec, checksum: str) -> dict[str, Any]:
@@ -144,8 +209,8 @@ def _check_same_study(study, signature: dict[str, Any], where: str) -> None:
         study.set_user_attr("signature", signature)
     elif known != signature:
         diff = sorted(k for k in signature if known.get(k) != signature[k])
-        raise InputError(f"{where}: holds a study of other settings ({', '.join(diff)} differ); use another --name "
-                         "or --storage to start a new one")
+        raise InputError(f"{redact(where)}: holds a study of other settings ({', '.join(diff)} differ); use another "
+                         "--name or --storage to start a new one")
 
 
 def _mark_dead_trials(study) -> list[int]:
@@ -188,7 +253,11 @@ class TrialProgress:
 
 
 def objective(spec: TuneSpec, on_epoch=None) -> Callable:
-    """The function Optuna maximises: one run of the drawn configuration, validation NDCG@10."""
+    """The function Optuna maximises: one run of the drawn configuration, validation NDCG@10.
+    A run that fails makes the trial fail with one line (its ``error`` attribute); the study
+    goes on."""
+    import optuna
+
     from cml_cli.train.loop import train
 
     space = spec.space()
@@ -196,19 +265,27 @@ def objective(spec: TuneSpec, on_epoch=None) -> Callable:
     def run(trial) -> float:
         trial.set_user_attr("host", platform.node())
         trial.set_user_attr("pid", os.getpid())
-        params = {p.name: p.suggest(trial) for p in space}
-        cfg = spec.config(params)
         name = f"trial-{trial.number}"
         trial.set_user_attr("run_dir", str(Path(spec.tune_dir) / name))
-        result = train(spec.dataset_dir, cfg, runs_dir=Path(spec.tune_dir), name=name, force=True,
-                       progress=TrialProgress(trial, on_epoch), evaluate_test=False, tracker=spec.tracker(name))
+        try:
+            cfg = spec.config({p.name: p.suggest(trial) for p in space})
+            result = train(spec.dataset_dir, cfg, runs_dir=Path(spec.tune_dir), name=name, force=True,
+                           progress=TrialProgress(trial, on_epoch), evaluate_test=False, tracker=spec.tracker(name))
+        except optuna.TrialPruned:
+            raise
+        except Exception as e:  # a failing trial is one line in the study, never a traceback
+            error = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+            trial.set_user_attr("error", error)
+            raise TrialFailed(error) from None
         return float(result["valid"][METRIC])
 
     return run
 
 
 def worker_main(argv: list[str]) -> int:
-    """``python -m cml_cli.tune SPEC_JSON N``: run N trials of the study (none: until the timeout)."""
+    """``python -m cml_cli.tune SPEC_JSON N``: run N trials of the study (none: until the
+    timeout); the worker ends if its parent (``cml tune``) does."""
+    die_with_parent()
     spec = TuneSpec(**json.loads(argv[0]))
     quota = int(argv[1]) or None
     if spec.threads:
@@ -245,18 +322,51 @@ def run_tune(
     command: str | None = None,
     tracking: Tracking | None = None,
 ) -> dict[str, Any]:
-    """Run ``trials`` more trials (or as many as it takes for the study to hold ``until``
-    finished trials; or until ``timeout`` seconds) of the study, write ``best.toml``, train the
-    best configuration and evaluate its test split once.
+    """Run ``trials`` more trials (or until the study holds ``until`` finished ones, or for
+    ``timeout`` seconds), write ``best.toml``, train the best configuration and evaluate its test
+    split once. Everything (options, space, the whole dataset, the directory) is checked first.
 
     Returns ``{"trials", "best_value", "best_params", "best_config", "test", "tune_dir",
-    "storage", "best_run", "pruned", "failed", "seconds"}``; ``trials`` counts the study's
-    finished trials (complete or pruned) so far. ``on_event(kind, info)`` reports
-    ``"trial"`` (a trial ended), ``"epoch"`` (a trial's epoch, in this process) and ``"best"``.
-    ``tracking`` (``--track``) logs every trial and the best run (MLflow: one experiment named
-    after the study)."""
-    optuna = _optuna()
+    "storage", "best_run", "pruned", "failed", "seconds"}`` (``trials``: finished trials so far;
+    ``storage`` without credentials). ``on_event(kind, info)`` reports ``"trial"`` (``error``
+    for a failed one), ``"epoch"`` and ``"best"``; ``tracking`` (``--track``) logs every trial
+    and the best run. Ctrl-C raises :class:`cml_cli.errors.Interrupted`."""
+    _optuna()  # a missing extra is one line before anything else
     started = time.perf_counter()
+    _check_budget(model, trials, until, timeout, jobs, seed)
+    spec, manifest, space_file = _prepare(dataset, data_dir, model, overrides, space, seed, pruner, timeout)
+    tune_dir = Path(runs_dir) / (check_name(name, "--name") if name else f"tune-{manifest['name']}-{model}")
+    check_tune_dir(tune_dir)
+    check_writable_dir(tune_dir, "tune directory")
+    tune_dir = tune_dir.resolve()
+    spec.tune_dir, spec.storage = str(tune_dir), storage or str(tune_dir / JOURNAL)
+    spec.track = tracking.named(experiment=tune_dir.name).check().to_dict() if tracking else None
+    study = load_study(spec) if storage else None  # an unreachable database: before anything is created
+    created = not tune_dir.exists()
+    tune_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        if not (tune_dir / TUNE_FILE).is_file():
+            write_json_atomic(tune_dir / TUNE_FILE, {"dataset": spec.dataset, "model": model,
+                                                     "storage": redact(spec.storage)})
+        study = study or load_study(spec)
+        _check_same_study(study, _signature(spec, manifest["files"][ARRAYS]), spec.storage)
+        study.set_user_attr("space_file", str(space_file))
+        study.set_user_attr("last_command", redact(command) if command else command)
+        _mark_dead_trials(study)
+        _search(spec, study, jobs, trials if until is None else max(until - len(_finished(study)), 0), on_event)
+        return _conclude(spec, study, on_event, started)
+    except KeyboardInterrupt:
+        raise Interrupted(f"tune {tune_dir} stopped; its finished trials are kept in {redact(spec.storage)}: run the "
+                          "same command again to continue the study") from None
+    except BaseException:
+        if created and (study is None or not study.get_trials(deepcopy=False)):
+            _discard_new_tune_dir(tune_dir)
+        raise
+
+
+def _check_budget(model: str, trials: int | None, until: int | None, timeout: float | None, jobs: int,
+                  seed: int) -> None:
+    """The options that say what to search and how long, checked (an :class:`InputError`)."""
     if model not in registry.MODELS:
         raise InputError(f"--model: unknown model '{model}' (known: {', '.join(registry.names())})")
     if trials is not None and until is not None:
@@ -265,10 +375,21 @@ def run_tune(
         raise InputError(f"--trials: must be at least 1, got {trials}")
     if until is not None and until < 1:
         raise InputError(f"--until: must be at least 1, got {until}")
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise InputError(f"--timeout: must be a positive number of seconds, got {timeout}")
     if trials is None and until is None and timeout is None:
         raise InputError("--trials, --until or --timeout: say how long to search")
-    if jobs < 1:
-        raise InputError(f"--jobs: must be at least 1, got {jobs}")
+    if not 1 <= jobs <= MAX_JOBS:
+        raise InputError(f"--jobs: must be in [1, {MAX_JOBS}], got {jobs}")
+    if not 0 <= seed <= SEED_MAX:
+        raise InputError(f"--seed: must be in [0, {SEED_MAX}], got {seed}")
+
+
+def _prepare(dataset: str | Path, data_dir: Path | None, model: str, overrides: dict[str, Any] | None,
+             space: Path | None, seed: int, pruner: bool, timeout: float | None) -> tuple[TuneSpec, dict[str, Any], Path]:
+    """The study's spec (without its directory and storage), the dataset's manifest and the
+    search space's file, all checked; the dataset is read whole (checksums, structure) so that
+    no trial fails on it."""
     fixed = dict(overrides or {})
     for key in ("model", "seed", "protocol"):
         if key in fixed:
@@ -280,52 +401,83 @@ def run_tune(
     if not manifest.get("n_valid_users"):
         raise InputError(f"dataset '{manifest['name']}' has no validation split (preprocessed with --no-valid): "
                          "tuning selects on validation only")
-    tune_dir = (Path(runs_dir) / (check_name(name, "--name") if name else f"tune-{manifest['name']}-{model}"))
-    check_writable_dir(tune_dir, "tune directory")
-    tune_dir = tune_dir.resolve()
-    track = tracking.named(experiment=tune_dir.name).check().to_dict() if tracking else None
-    tune_dir.mkdir(parents=True, exist_ok=True)
+    load_dataset(ds_dir)
     spec = TuneSpec(dataset=str(manifest["name"]), dataset_dir=str(ds_dir), model=model,
                     preset=dataset_preset_name(manifest), fixed=fixed,
-                    params=[{k: v for k, v in p.__dict__.items()} for p in params], seed=seed,
-                    tune_dir=str(tune_dir), storage=storage or str(tune_dir / "study.journal"), pruner=pruner,
-                    extra={"timeout": timeout}, track=track)
-    for p in spec.params:
-        p["choices"] = list(p["choices"])
-    spec.config({p.name: (p.choices[0] if p.type == "categorical" else p.low) for p in params})  # a valid config?
-    study = load_study(spec)
-    _check_same_study(study, _signature(spec, manifest["files"][ARRAYS]), spec.storage)
-    study.set_user_attr("space_file", str(space_file))
-    study.set_user_attr("last_command", command)
-    _mark_dead_trials(study)
-    if until is not None:
-        trials = max(until - len(_finished(study)), 0)
+                    params=[{**p.__dict__, "choices": list(p.choices)} for p in params], seed=seed,
+                    tune_dir="", storage="", pruner=pruner, extra={"timeout": timeout})
+    first = spec.config({p.name: (p.choices[0] if p.type == "categorical" else p.low) for p in params})
+    check_cutoffs(first.ks, manifest["n_items"])  # a valid configuration for this dataset?
+    return spec, manifest, space_file
+
+
+def check_tune_dir(tune_dir: Path) -> None:
+    """``cml tune`` writes only into its own kind of directory: a missing or empty one, or one
+    holding ``tune.json`` (or the ``study.journal`` of an earlier version); never through a
+    symbolic link. Anything else is an :class:`InputError`, and nothing there is touched."""
+    tune_dir = Path(tune_dir)
+    if tune_dir.is_symlink():
+        raise InputError(f"{tune_dir}: is a symbolic link; cml tune never writes through one, so nothing was "
+                         "changed (use another --name)")
+    if not tune_dir.exists():
+        return
+    if not tune_dir.is_dir():
+        raise InputError(f"{tune_dir}: exists and is not a directory; nothing was changed (use another --name)")
+    if any(tune_dir.iterdir()) and not any((tune_dir / f).is_file() for f in (TUNE_FILE, JOURNAL)):
+        raise InputError(f"{tune_dir}: exists and is not a tune directory (no {TUNE_FILE}); cml tune writes only "
+                         "into its own directories, so nothing was changed (use another --name)")
+
+
+def _discard_new_tune_dir(tune_dir: Path) -> None:
+    """After a failure before any trial ran: remove what this invocation created (the
+    directory, its marker and its study journal), so that nothing empty is left behind."""
+    for f in (TUNE_FILE, JOURNAL):
+        (tune_dir / f).unlink(missing_ok=True)
+    try:
+        tune_dir.rmdir()
+    except OSError:
+        pass  # something else is there: leave it
+
+
+def _search(spec: TuneSpec, study, jobs: int, trials: int | None, on_event) -> None:
+    """Run ``trials`` trials (None: until the timeout) in this process or ``jobs`` workers."""
     notify = on_event or (lambda kind, info: None)
 
     def on_trial(study_, trial) -> None:
         best = _best(study_)
         notify("trial", {"number": trial.number, "state": trial.state.name, "value": trial.value,
-                         "finished": len(_finished(study_)), "best_value": best.value if best else None})
+                         "error": trial.user_attrs.get("error"), "finished": len(_finished(study_)),
+                         "best_value": best.value if best else None})
 
     if trials == 0:
-        pass  # the study already has what --until asks for
-    elif jobs == 1:
+        return  # the study already has what --until asks for
+    if jobs == 1:
         study.optimize(objective(spec, lambda n, e, v: notify("epoch", {"number": n, "epoch": e, "value": v})),
-                       n_trials=trials, timeout=timeout, callbacks=[on_trial], catch=(RunError,))
+                       n_trials=trials, timeout=spec.extra.get("timeout"), callbacks=[on_trial], catch=(RunError,))
     else:
         _run_workers(spec, jobs, trials, study, notify)
+
+
+def _conclude(spec: TuneSpec, study, on_event, started: float) -> dict[str, Any]:
+    """``best.toml``, the best configuration trained once more, and the result."""
+    from optuna.trial import TrialState
+
     best = _best(study)
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
     if best is None:
-        raise RunError(f"no trial of the study in {spec.storage} finished: see the logs in {tune_dir}")
+        errors = [t.user_attrs["error"] for t in failed if t.user_attrs.get("error")]
+        why = f"; the last error: {errors[-1]}" if errors else ""
+        raise RunError(redact(f"no trial of the study in {spec.storage} finished ({len(failed)} failed{why})"))
+    tune_dir = Path(spec.tune_dir)
     best_file = write_best(spec, best, tune_dir / "best.toml", len(_finished(study)))
-    notify("best", {"number": best.number, "value": best.value, "params": best.params})
+    if on_event is not None:
+        on_event("best", {"number": best.number, "value": best.value, "params": best.params})
     final = _train_best(spec, tune_dir, best_file)
-    counts = {s: len(study.get_trials(deepcopy=False, states=(getattr(optuna.trial.TrialState, s.upper()),)))
-              for s in ("pruned", "fail")}
+    pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
     return {"trials": len(_finished(study)), "best_value": best.value, "best_params": best.params,
             "best_config": str(best_file), "test": final["test"], "best_run": final["run_dir"],
-            "best_trial": best.number, "pruned": counts["pruned"], "failed": counts["fail"],
-            "tune_dir": str(tune_dir), "storage": spec.storage, "seconds": time.perf_counter() - started}
+            "best_trial": best.number, "pruned": len(pruned), "failed": len(failed),
+            "tune_dir": str(tune_dir), "storage": redact(spec.storage), "seconds": time.perf_counter() - started}
 
 
 def _best(study):
@@ -345,25 +497,35 @@ def write_best(spec: TuneSpec, best, path: Path, finished: int) -> Path:
     chosen = [line for line in body if line.split(" = ")[0] in keys]
     header = [f"# cml tune: best of {finished} finished trials (trial {best.number}, validation {METRIC} "
               f"{best.value:.6f})", f"# dataset {spec.dataset}, preset {spec.preset}, seed {spec.seed}, storage "
-              f"{spec.storage}", "[train]"]
+              f"{redact(spec.storage)}", "[train]"]
     write_text_atomic(path, "\n".join(header + chosen) + "\n")
     return path
 
 
 def _train_best(spec: TuneSpec, tune_dir: Path, best_file: Path) -> dict[str, Any]:
     """Train ``best.toml`` once in ``<tune-dir>/best`` (test evaluated once), or reuse that run
-    when it already holds exactly this configuration."""
+    when it already holds exactly this configuration. While another process (a second
+    ``cml tune`` on the same study) trains it, wait for that process, then look again."""
     from cml_cli.train.loop import train
 
     cfg = compose(spec.preset, [load_toml(best_file)])
     cfg.seed = spec.seed
     cfg.validate()
     run = RunDir(tune_dir / "best")
-    stored = run.read_config_dict()
-    final = run.read_final() if stored is not None and not config_changes(stored, cfg.to_dict()) else None
-    if final is not None and final.get("test"):
-        return final
-    return train(spec.dataset_dir, cfg, runs_dir=tune_dir, name="best", force=True, tracker=spec.tracker("best"))
+    while True:
+        while run.holder() is not None:
+            time.sleep(0.5)
+        stored = run.read_config_dict()
+        final = run.read_final() if stored is not None and not config_changes(stored, cfg.to_dict()) else None
+        if final is not None and final.get("test"):
+            return final
+        try:
+            return train(spec.dataset_dir, cfg, runs_dir=tune_dir, name="best", force=True,
+                         tracker=spec.tracker("best"))
+        except InputError:
+            if run.holder() is None:
+                raise
+            # another process took the run's lock first: wait for it, then look again
 
 
 def _run_workers(spec: TuneSpec, jobs: int, trials: int | None, study, notify) -> None:
@@ -373,7 +535,7 @@ def _run_workers(spec: TuneSpec, jobs: int, trials: int | None, study, notify) -
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     spec.threads = max(1, cores // jobs)
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec.threads), "PYTHONWARNINGS": "ignore"}
+    env = child_env({**os.environ, "OMP_NUM_THREADS": str(spec.threads), "PYTHONWARNINGS": "ignore"})
     quotas = [0] * jobs if trials is None else [trials // jobs + (j < trials % jobs) for j in range(jobs)]
     procs = []
     for j, quota in enumerate(quotas):
@@ -393,7 +555,8 @@ def _run_workers(spec: TuneSpec, jobs: int, trials: int | None, study, notify) -
                     seen.add(t.number)
                     best = _best(study)
                     notify("trial", {"number": t.number, "state": t.state.name, "value": t.value,
-                                     "finished": len(_finished(study)), "best_value": best.value if best else None})
+                                     "error": t.user_attrs.get("error"), "finished": len(_finished(study)),
+                                     "best_value": best.value if best else None})
             for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 if "epoch" in t.user_attrs:
                     notify("epoch", {"number": t.number, "epoch": t.user_attrs["epoch"], "value": None})
