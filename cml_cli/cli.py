@@ -12,19 +12,22 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cml_cli.errors import CMLError, InputError
+from cml_cli.errors import CMLError, InputError, Interrupted, InterruptExit, redact
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Contrastive meta learning for multi-behavior recommendation.")
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+# emoji=False: user text such as "cuda:-1:" is never turned into an emoji (markup is escaped).
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160, emoji=False)
 
 DataDir = typer.Option(None, "--data-dir", envvar="CML_DATA_DIR",
                        help="Processed datasets live here [default: $CML_DATA_DIR or ./data].")
@@ -62,6 +65,16 @@ def _tracking(track: Optional[str]):
     from cml_cli.tracking import Tracking
 
     return Tracking(track)
+
+
+@contextmanager
+def _stoppable() -> Iterator[None]:
+    """Ctrl-C inside: the API's :class:`Interrupted` (what stopped, what was kept, how to go
+    on) becomes one line and exit code 130."""
+    try:
+        yield
+    except Interrupted as e:
+        raise InterruptExit(str(e)) from None
 
 
 def _split_list(value: Optional[str], option: str) -> Optional[list[str]]:
@@ -126,9 +139,9 @@ def preprocess(
         "preset": events_preset, "user_col": user_col, "item_col": item_col,
         "behavior_col": behavior_col, "time_col": time_col, "kcore": kcore or None,
     }.items() if v is not None}
-    path, ds = run(dataset, source, fmt=fmt, name=name, data_dir=_data_dir(data_dir), seed=seed,
-                   valid=not no_valid, behaviors=behavior_list, size=size,
-                   events_options=events_options)
+    with _stoppable():
+        path, ds = run(dataset, source, fmt=fmt, name=name, data_dir=_data_dir(data_dir), seed=seed,
+                       valid=not no_valid, behaviors=behavior_list, size=size, events_options=events_options)
     stats = {**ds.stats(), "path": str(path)}
     if as_json:
         _print_json(stats)
@@ -227,11 +240,12 @@ def train_cmd(
     from cml_cli.train.progress import NullProgress, RichProgress
 
     progress = NullProgress() if quiet or as_json else RichProgress(err)
-    if resume is not None:
-        result = resume_run(resume, data_dir=data_dir, progress=progress, epochs=epochs, tracker=tracker)
-    else:
-        result = train(dataset, cfg, data_dir=data_dir, runs_dir=runs_dir, name=name, force=force,
-                       progress=progress, tracker=tracker)
+    with _stoppable():
+        if resume is not None:
+            result = resume_run(resume, data_dir=data_dir, progress=progress, epochs=epochs, tracker=tracker)
+        else:
+            result = train(dataset, cfg, data_dir=data_dir, runs_dir=runs_dir, name=name, force=force,
+                           progress=progress, tracker=tracker)
     if as_json:
         _print_json(result)
     else:
@@ -324,10 +338,11 @@ def ablate(
             err.print(f"\\[{info['index']}/{info['total']}] {label}: [red]failed[/] ({escape(info['error'])}); "
                       f"log {escape(info['log'])}", highlight=False)
 
-    result = run_grid(dataset, _split_list(variants, "--variants"), parse_seeds(seeds), parse_set(set_), name=name,
-                      runs_dir=runs_dir, data_dir=data_dir, execution=Execution(jobs, executor, ray_address, _tracking(track)),
-                      variants_file=variants_file, configs=config, on_event=on_event,
-                      command=_command())
+    with _stoppable():
+        result = run_grid(dataset, _split_list(variants, "--variants"), parse_seeds(seeds), parse_set(set_),
+                          name=name, runs_dir=runs_dir, data_dir=data_dir,
+                          execution=Execution(jobs, executor, ray_address, _tracking(track)),
+                          variants_file=variants_file, configs=config, on_event=on_event, command=_command())
     table = grid_tables(Path(result["grid_dir"]), result["variants"], result["seeds"])
     if as_json:
         _print_json(table.to_dict())
@@ -412,6 +427,8 @@ def tune(
             value = "" if info["value"] is None else f" {info['value']:.4f}"
             display.update(state["task"], completed=state["done"], info=f"trial {info['number']} {info['state'].lower()}"
                            f"{value}; best valid NDCG@10 {state['best'] or 0:.4f}")
+            if info.get("error"):
+                err.print(f"trial {info['number']} failed: {escape(redact(info['error']))}", highlight=False)
         elif kind == "epoch":
             display.update(state["task"], info=f"trial {info['number']}: epoch {info['epoch']}; best valid NDCG@10 "
                            f"{state['best'] or 0:.4f}")
@@ -421,7 +438,7 @@ def tune(
 
     if trials is None and until is None and timeout is None:
         trials = 10
-    with display:
+    with _stoppable(), display:
         result = run_tune(dataset, model, trials=trials, until=until, timeout=timeout, jobs=jobs, name=name,
                           overrides=overrides, space=space, storage=storage, seed=seed, pruner=not no_prune,
                           runs_dir=runs_dir, data_dir=data_dir, on_event=on_event,
@@ -446,20 +463,37 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
     return (click.exceptions.ClickException,)
 
 
+STOPPED = "stopped by Ctrl-C; nothing was left half-written: run the same command again"
+
+
+def _fail(label: str, message: str, code: int) -> NoReturn:
+    """One line on stderr (credentials in URLs removed, never read as markup), then exit."""
+    err.print(f"[bold red]{label}:[/] {escape(redact(message))}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
 def main() -> None:
-    """Entry point: run the app, turning project errors into one line and an exit code."""
+    """Entry point: run the app, turning project errors into one line and an exit code. Ctrl-C
+    exits 130 with one line: the command's own (what stopped, how to go on), else
+    :data:`STOPPED` (Typer reports an interruption as the return value 130)."""
     usage = _usage_errors()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except CMLError as e:
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-        sys.exit(e.exit_code)
+        _fail(e.label, str(e), e.exit_code)
     except usage as e:
         e.show()
         sys.exit(e.exit_code)
-    except typer.Abort:
+    except typer.Abort as e:
+        if isinstance(e.__cause__, KeyboardInterrupt):  # Click-based Typer: Ctrl-C is an Abort
+            _fail("interrupted", STOPPED, 130)
         err.print("aborted")
         sys.exit(1)
     except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
+        _fail("interrupted", STOPPED, 130)
+    except OSError as e:  # a read or write that no check of the project's foresaw
+        _fail("error", f"{e.filename}: {e.strerror or e}" if e.filename else str(e), 1)
+    if code == 130:
+        _fail("interrupted", STOPPED, 130)
+    if isinstance(code, int) and code:
+        sys.exit(code)
