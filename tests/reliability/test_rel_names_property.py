@@ -23,7 +23,7 @@ NASTY = ["..", ".", "", "/", "a/b", "../x", "/abs", " x", "x ", "x\n", "\0", ".x
          "é" * 120, "[bold]", ":-1:", "~", "-", "--force", "a\\b", "CON", "\u202e"]
 names = st.one_of(st.sampled_from(NASTY), st.text(min_size=0, max_size=300),
                   st.text(alphabet=st.sampled_from("./\\ \n\t\0aé~-_:["), max_size=20))
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def stays_inside(base: Path, component: str) -> None:
