@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cml_cli.data.store import read_json_object, write_json_atomic
-from cml_cli.errors import InputError
+from cml_cli.errors import InputError, redact
 
 BACKENDS = ("tensorboard", "mlflow")
 EXTRAS = {"tensorboard": ("tensorboard", "TensorBoard"), "mlflow": ("mlflow", "MLflow")}
@@ -126,7 +126,7 @@ def final_metrics(result: dict[str, Any]) -> Iterator[tuple[str, float]]:
 
 
 def _warn(message: str) -> None:
-    sys.stderr.write(f"warning: {message}\n")
+    sys.stderr.write(f"warning: {redact(message)}\n")
     sys.stderr.flush()
 
 

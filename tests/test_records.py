@@ -22,7 +22,7 @@ def test_command_line_writes_absolute_paths_relative():
             "--set", "lr=1e-3", "--variants", "w/o-clf", "--storage", "postgresql://u:p@db/cml", "two words"]
     assert command_line(argv, Path("/srv/x")) == ("cml ablate --data-dir data --config cml=best.toml --out=../y "
                                                   "--set lr=1e-3 --variants w/o-clf --storage "
-                                                  "postgresql://u:p@db/cml 'two words'")
+                                                  "postgresql://db/cml 'two words'")  # URLs: no credentials
 
 
 def test_run_manifest_records_the_command_without_machine_paths(tmp_path, monkeypatch):

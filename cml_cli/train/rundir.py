@@ -34,7 +34,7 @@ from cml_cli.data.store import (
     write_json_atomic,
     write_text_atomic,
 )
-from cml_cli.errors import InputError, write_error
+from cml_cli.errors import InputError, redact, write_error
 
 # Keys a run may change without becoming another run: where it computes, and how long it
 # trains (``--resume --epochs`` extends a run).
@@ -70,14 +70,15 @@ def git_revision() -> str:
 def command_line(argv: list[str], root: Path | None = None) -> str:
     """``argv`` as one shell line, every absolute path in it (an argument, or the value of
     ``--opt=PATH`` / ``NAME=PATH``) written relative to ``root`` (default: the working
-    directory), so that a recorded command names no directory of the machine that ran it."""
+    directory), so that a recorded command names no directory of the machine that ran it,
+    and every URL without its credentials."""
     base = Path(root) if root is not None else Path.cwd()
 
     def portable(arg: str) -> str:
         head, sep, tail = arg.rpartition("=") if not arg.startswith("/") else ("", "", arg)
         return head + sep + os.path.relpath(tail, base) if tail.startswith("/") else arg
 
-    return shlex.join(portable(a) for a in argv)
+    return redact(shlex.join(portable(a) for a in argv))
 
 
 def machine() -> dict:

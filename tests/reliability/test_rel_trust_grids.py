@@ -146,6 +146,10 @@ def test_storage_credentials_are_never_shown(cml, data_dir, tmp_path):
     assert_clean_error(res, 2, "postgresql://127.0.0.1:9/db")
     assert "s3cret" not in res.stderr and "user:" not in res.stderr
     assert not (tmp_path / "runs").exists()  # nothing empty left behind
+    from cml_cli.train.rundir import command_line
+
+    recorded = command_line(["cml", "tune", "--storage", "postgresql://user:s3cret@db-host/cml"])
+    assert recorded == "cml tune --storage postgresql://db-host/cml"  # run manifests, grid.json, the study
 
 
 @needs_optuna
