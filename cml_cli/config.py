@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from cml_cli import registry
-from cml_cli.errors import InputError
+from cml_cli.errors import InputError, did_you_mean
+
+# The cut-offs every command reports unless told otherwise (``cml train``, ``cml evaluate``).
+DEFAULT_KS = (1, 5, 10, 20)
 
 
 @dataclass
@@ -107,7 +110,7 @@ class RunConfig:
     """Auxiliary behaviors to keep (default all; the target is always kept)."""
     protocol: str = "strict"
     """``strict`` (epoch chosen on validation, test once) or ``paper`` (best epoch on test)."""
-    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
+    ks: list[int] = field(default_factory=lambda: list(DEFAULT_KS))
     """Cut-offs of the reported metrics (10 is always computed: it selects the epoch)."""
     eval_batch: int = 4096
     """Users per evaluation batch."""
@@ -124,7 +127,7 @@ class RunConfig:
             allowed = registry.names() if key == "model" else allowed
             if value not in allowed and not (key == "device" and DEVICE.fullmatch(str(value))):
                 raise InputError(f"{key}: '{value}' is not one of {', '.join(allowed)}"
-                                 + (" or cuda:N" if key == "device" else ""))
+                                 + (" or cuda:N" if key == "device" else "") + did_you_mean(value, allowed))
         for key, (low, high) in INT_BOUNDS.items():
             values = getattr(self, key)
             for value in values if isinstance(values, list) else [] if values is None else [values]:
@@ -309,7 +312,8 @@ def apply_overrides(cfg: RunConfig, values: dict[str, Any]) -> RunConfig:
     for key, raw in values.items():
         key = key.replace("-", "_")
         if key not in fields:
-            raise InputError(f"unknown option '{key}' (known: {', '.join(sorted(fields))})")
+            raise InputError(f"unknown option '{key}'{did_you_mean(key, fields)}; the keys are the fields of "
+                             "RunConfig, listed under --set by `cml train -h`")
         try:
             value = _coerce(key, raw, str(fields[key].type))
         except ValueError as e:
@@ -354,7 +358,8 @@ def compose(preset: str, layers: list[dict[str, Any]]) -> RunConfig:
     the one the last layer that names one gives, else the preset's), then ``layers`` in order.
     Not validated: callers set what is left (the seed) and validate."""
     if preset not in PRESETS:
-        raise InputError(f"--preset: unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
+        raise InputError(f"--preset: unknown preset '{preset}'{did_you_mean(preset, PRESETS)} (choose from "
+                         f"{', '.join(PRESETS)})")
     cfg = apply_overrides(RunConfig(), PRESETS[preset])
     model = apply_overrides(cfg, {k: v for layer in layers for k, v in layer.items()}).model
     if model in registry.MODELS:

@@ -1,9 +1,12 @@
-"""Errors that the command line turns into one line on stderr and an exit code."""
+"""Errors that the command line turns into one line on stderr and an exit code, and the
+"did you mean" hint that messages about unknown names carry."""
 
 from __future__ import annotations
 
+import difflib
 import errno
 import re
+from collections.abc import Iterable
 
 
 class CMLError(Exception):
@@ -65,3 +68,15 @@ def redact(text: str) -> str:
     """``text`` with the credentials of every URL in it removed:
     ``postgresql://user:secret@host/db`` -> ``postgresql://host/db``."""
     return _USERINFO.sub(r"\g<scheme>", str(text))
+
+
+def close_names(word: str, known: Iterable[str], n: int = 3) -> list[str]:
+    """The names of ``known`` close to ``word``, closest first (``difflib.get_close_matches``)."""
+    return difflib.get_close_matches(str(word), [str(k) for k in known], n=n, cutoff=0.6)
+
+
+def did_you_mean(word: str, known: Iterable[str], n: int = 3) -> str:
+    """``" (did you mean 'a' or 'b'?)"`` for the names of ``known`` close to ``word``, or ``""``
+    when none is."""
+    close = close_names(word, known, n)
+    return " (did you mean " + " or ".join(f"'{c}'" for c in close) + "?)" if close else ""

@@ -20,12 +20,12 @@ comparison tables are built by :mod:`cml_cli.report` from the files a grid write
 package imports the other.
 """
 
-from cml_cli.ablate.executors import EXECUTORS, LogProgress, _cores, run_one
+from cml_cli.ablate.executors import EXECUTORS, _cores, run_one
 from cml_cli.ablate.grid import Event, Execution, Unit, build_config, dir_name, parse_seeds, plan, run_grid
 from cml_cli.ablate.registry import REFERENCE, Variant, builtin_variants, load_variants_file, registry, select_variants
 
 __all__ = [
-    "EXECUTORS", "REFERENCE", "Event", "Execution", "LogProgress", "Unit", "Variant", "_cores", "build_config",
+    "EXECUTORS", "REFERENCE", "Event", "Execution", "Unit", "Variant", "_cores", "build_config",
     "builtin_variants", "dir_name", "load_variants_file", "parse_seeds", "plan", "registry", "run_grid", "run_one",
     "select_variants",
 ]

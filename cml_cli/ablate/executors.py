@@ -20,37 +20,12 @@ from typing import Any
 from cml_cli.config import RunConfig
 from cml_cli.errors import InputError
 from cml_cli.lifeline import child_env, die_with_parent
+from cml_cli.train.progress import LineProgress
 
 EXECUTORS = ("local", "ray")
 
 
 # --------------------------------------------------------------------------- running one
-
-
-class LogProgress:
-    """Training progress as one line per epoch in a log file."""
-
-    def __init__(self, stream):
-        self.stream = stream
-        self.total = 0
-
-    def start(self, epochs: int, done: int) -> None:
-        self.total = epochs
-        self.stream.write(f"training epochs {done + 1}..{epochs}\n")
-        self.stream.flush()
-
-    def start_epoch(self, epoch: int, batches: int) -> None: ...
-
-    def advance(self, loss: float) -> None: ...
-
-    def end_epoch(self, row: dict) -> None:
-        valid = row.get("valid") or {}
-        extra = "  ".join(f"valid {k} {valid[k]:.4f}" for k in ("hr@10", "ndcg@10") if k in valid)
-        self.stream.write(f"epoch {row['epoch']}/{self.total}  loss {row.get('loss', 0.0):.4f}  {extra}  "
-                          f"{row.get('seconds', 0.0):.1f} s\n")
-        self.stream.flush()
-
-    def stop(self) -> None: ...
 
 
 def run_one(spec: dict[str, Any]) -> dict[str, Any]:
@@ -72,7 +47,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
 
             threads = torch.get_num_threads()
             torch.set_num_threads(int(spec["threads"]))
-            progress = LogProgress(log)
+            progress = LineProgress(log)
             run = Path(spec["grid_dir"]) / spec["dir"]
             data_dir = Path(spec["data_dir"])
             tracker = Tracking(**spec["track"]).tracker() if spec.get("track") else None

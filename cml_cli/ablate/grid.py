@@ -4,6 +4,7 @@ resume of existing ones, the grid's bookkeeping (``grid.json``) and :func:`run_g
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Callable
@@ -287,7 +288,11 @@ class Execution:
         return self
 
     def threads(self) -> int:
-        return max(1, _cores() // self.jobs) if self.executor == "local" or not self.ray_address else 1
+        """Torch threads per run: the cores over ``jobs``, at most ``OMP_NUM_THREADS`` when it is
+        set (one thread is fastest for tiny data, and on a busy machine)."""
+        cap = os.environ.get("OMP_NUM_THREADS", "")
+        cores = min(_cores(), int(cap)) if cap.isdigit() and int(cap) > 0 else _cores()
+        return max(1, cores // self.jobs) if self.executor == "local" or not self.ray_address else 1
 
 
 def read_configs(files: list[str | Path], known: list[str] | None = None) -> dict[str | None, list[dict[str, Any]]]:

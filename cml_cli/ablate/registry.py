@@ -11,7 +11,7 @@ from typing import Any
 from cml_cli import registry as models
 from cml_cli.config import RunConfig, apply_overrides, read_toml
 from cml_cli.data.store import MAX_NAME_BYTES
-from cml_cli.errors import InputError
+from cml_cli.errors import InputError, did_you_mean
 
 REFERENCE = "cml"
 # Group name -> the variant kinds it selects (the peers are baselines too).
@@ -114,7 +114,7 @@ def select_variants(reg: dict[str, Variant], names: list[str] | None) -> list[Va
         elif name in reg:
             group = [reg[name]]
         else:
-            raise InputError(f"--variants: unknown variant '{name}' (known: {', '.join(reg)}; "
-                             "add your own with --variants-file)")
+            raise InputError(f"--variants: unknown variant '{name}'{did_you_mean(name, [*reg, 'all', *GROUPS])} "
+                             f"(known: {', '.join(reg)}; add your own with --variants-file)")
         out += [v for v in group if v not in out]
     return out

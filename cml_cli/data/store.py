@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from cml_cli.data.dataset import N_NEGATIVES, Interactions, MultiBehaviorDataset, Split
-from cml_cli.errors import InputError, write_error
+from cml_cli.errors import InputError, close_names, did_you_mean, write_error
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -36,6 +36,19 @@ MANIFEST_CHECKSUM = "manifest_sha256"
 _REQUIRED = {"name": str, "behaviors": list, "n_users": int, "n_items": int}
 DATASET_FILES = frozenset({MANIFEST, ARRAYS})
 MAX_NAME_BYTES = 200
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Modes of what the tool writes: what open() and mkdir() give under the process's umask
+# (0644 / 0755 under the usual 022), also for files and directories made through tempfile,
+# which creates them private (0600 / 0700). Nothing the tool writes is secret.
+FILE_MODE = 0o666 & ~_umask()
+DIR_MODE = 0o777 & ~_umask()
 
 
 def check_name(name: str, option: str) -> str:
@@ -82,6 +95,7 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise write_error(path, e) from None
     try:
         with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), FILE_MODE)
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -279,6 +293,7 @@ def save_dataset(ds: MultiBehaviorDataset, data_dir: Path, extra: dict | None = 
     tmp = Path(tempfile.mkdtemp(dir=data_dir, prefix=f".{ds.name}.{os.getpid()}.", suffix=".tmp"))
     old: Path | None = None
     try:
+        tmp.chmod(DIR_MODE)
         _write_dataset(tmp, ds, extra)
         check_dataset_target(final)  # again, just before the swap: nothing else may have appeared there
         if final.exists():
@@ -348,9 +363,29 @@ def resolve_dataset_dir(name_or_path: str | Path, data_dir: Path | None = None) 
     base = Path(data_dir) if data_dir is not None else default_data_dir()
     cand = base / str(name_or_path)
     if not cand.is_dir():
-        raise InputError(f"dataset '{name_or_path}' not found in {base} "
-                         f"(run `cml preprocess --dataset {name_or_path}`)")
+        raise InputError(_not_found(str(name_or_path), base))
     return cand
+
+
+def _not_found(name: str, base: Path) -> str:
+    """Why dataset ``name`` is not in ``base``, with the processed datasets or dataset presets
+    whose names are close to it, and what to run."""
+    from cml_cli.data.preprocess import DATASETS
+
+    processed = [d.name for d in sorted(base.iterdir()) if (d / MANIFEST).is_file()] if base.is_dir() else []
+    text = f"dataset '{name}' not found in {base}"
+    if "/" in name:
+        return f"{text} (no processed dataset at {name}: it has no {MANIFEST})"
+    hint = did_you_mean(name, processed)
+    if hint:
+        return text + hint
+    presets = close_names(name, [d for d in DATASETS if d not in processed], n=1)
+    if presets:
+        source = "" if presets[0] == "synthetic" else " --source PATH"
+        return (f"{text} (did you mean '{presets[0]}'? It is not processed yet: `cml preprocess --dataset "
+                f"{presets[0]}{source}`)")
+    known = f"; processed here: {', '.join(processed)}" if processed else ""
+    return f"{text} (run `cml preprocess --dataset {name} ...` first{known})"
 
 
 def load_dataset(name_or_path: str | Path, data_dir: Path | None = None) -> MultiBehaviorDataset:

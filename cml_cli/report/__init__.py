@@ -18,9 +18,9 @@ from cml_cli.report.tables import (
     findings,
     grid_tables,
     load_grid,
-    rich_table,
     runs_markdown,
     summarize_grid,
+    table_listing,
     table_markdown,
     write_tables,
 )
@@ -31,9 +31,9 @@ __all__ = [
     "findings",
     "grid_tables",
     "load_grid",
-    "rich_table",
     "runs_markdown",
     "summarize_grid",
+    "table_listing",
     "table_markdown",
     "write_tables",
 ]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cml_cli.data.store import check_writable_dir, write_text_atomic
-from cml_cli.errors import InputError
+from cml_cli.errors import InputError, did_you_mean
 from cml_cli.report.figures import _history, _pyplot, plot_bars, plot_cutoffs, plot_validation
 from cml_cli.report.tables import (
     Table,
@@ -59,7 +59,8 @@ def build_report(runs: Path, out: Path | None = None, *, plots: bool = True, var
         known = load_grid(grid_dir)["variants"]
         unknown = [v for v in variants if v not in known]
         if unknown:
-            raise InputError(f"--variants: {', '.join(unknown)} not in {grid_dir} (has {', '.join(known)})")
+            hint = did_you_mean(unknown[0], known) if len(unknown) == 1 else ""
+            raise InputError(f"--variants: {', '.join(unknown)} not in {grid_dir}{hint} (has {', '.join(known)})")
     table = summarize_grid(grid_dir, variants, seeds)
     out_dir = Path(out) if out is not None else grid_dir / "report"
     check_writable_dir(out_dir, "--out")  # a read-only grid or place: one line, before anything is written

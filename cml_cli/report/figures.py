@@ -51,7 +51,7 @@ def _subtitle(table: Table) -> str:
     protocol = table.protocol
     text = {"strict": "strict protocol (epoch chosen on validation, test evaluated once)",
             "paper": "paper protocol (best epoch on test: optimistic)"}.get(protocol, f"protocol {protocol}")
-    return f"{table.evaluation}\n{text}; {_seeds_text(table)}"
+    return f"{table.sampled('test')}\n{text}; {_seeds_text(table)}"
 
 
 def _save(fig, out_dir: Path, stem: str) -> list[Path]:
@@ -188,7 +188,7 @@ def plot_validation(table: Table, grid_dir: Path, out_dir: Path, metric: str = "
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     band = f"; band: min–max of {table.reference} over seeds" if len(table.seeds) > 1 else ""
     ax.set_title(f"{table.dataset}: validation {label(metric)} per epoch (mean over seeds{band})\n"
-                 f"{table.evaluation}\n{_seeds_text(table)}", fontsize=10)
+                 f"{table.sampled('validation')}\n{_seeds_text(table)}", fontsize=10)
     fig.tight_layout()
     paths = _save(fig, out_dir, f"valid_{metric.replace('@', '')}")
     plt.close(fig)

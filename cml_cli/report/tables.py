@@ -24,6 +24,7 @@ import pandas as pd
 from cml_cli import registry
 from cml_cli.data.store import GRID_FILE, read_grid
 from cml_cli.errors import InputError
+from cml_cli.listing import Listing
 from cml_cli.train.rundir import RunDir
 
 REFERENCE = "cml"
@@ -205,6 +206,7 @@ class Table:
     rows: list[Row]
     runs: list[dict[str, Any]]
     name: str = ""
+    n_candidates: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -221,6 +223,33 @@ class Table:
     def beyond(self) -> list[str]:
         """Full-ranking columns of the headline table (mean only): HR@10, coverage, personalization, ARP."""
         return [m for m in ("full:hr@10", *BEYOND) if m in self.metrics]
+
+    def sampled(self, split: str = "test") -> str:
+        """What the sampled columns rank, for the users of ``split`` (test | validation)."""
+        if self.n_candidates:
+            return f"sampled ranking: 1 held-out item + {self.n_candidates - 1} sampled negatives per {split} user"
+        return f"sampled ranking: 1 held-out item + sampled negatives per {split} user"
+
+    def notes(self) -> list[str]:
+        """What a reader needs to read the headline table: what each kind of column ranks, and
+        why p-values are blank where they are (:meth:`blank_p`)."""
+        out = [f"{', '.join(map(label, self.headline()))}: {self.sampled('test')}"]
+        if self.beyond():
+            out.append(f"{', '.join(map(label, self.beyond()))}: full ranking over all items (each user's "
+                       "purchases masked)")
+        return out + self.blank_p()
+
+    def blank_p(self) -> list[str]:
+        """Why a p-value column is blank, when one is: one seed, or rows without two seeds in
+        common with the reference."""
+        if len(self.seeds) < 2:
+            return [f"p is blank: one seed per variant, and a paired t-test against {self.reference} needs at least "
+                    "two (e.g. --seeds 0,1,2)"]
+        if any(r.variant != self.reference and r.cell(m).mean is not None and r.cell(m).p_value is None
+               for r in self.rows for m in self.headline()):
+            return [f"a blank p: fewer than two seeds in common with {self.reference}, or the same value on every "
+                    "seed"]
+        return []
 
     def best(self, metric: str) -> float | None:
         """The best mean of a metric over the rows (lowest for ARP, highest otherwise)."""
@@ -304,9 +333,9 @@ def summarize(runs: pd.DataFrame, grid: dict[str, Any], variants: list[str] | No
     protocols = sorted(set(runs["protocol"].dropna())) if "protocol" in runs else []
     n_cand = grid.get("n_candidates")
     evaluation = (f"sampled ranking: 1 held-out item + {n_cand - 1} sampled negatives per test user"
-                  if n_cand else "sampled ranking (1 held-out item + sampled negatives)")
+                  if n_cand else "sampled ranking: 1 held-out item + sampled negatives per test user")
     if any(m.startswith(FULL) for m in metrics):
-        evaluation += "; full ranking over all items for the full:/coverage/personalization/ARP columns"
+        evaluation += "; full ranking over all items for the full HR, Coverage, Personalization and ARP columns"
     run_rows = [{k: _none(v) for k, v in r.items() if not k.startswith("test:")} |
                 {"test": {m: _none(r.get(f"test:{m}")) for m in metrics}} for r in runs.to_dict("records")]
     return Table(
@@ -316,7 +345,7 @@ def summarize(runs: pd.DataFrame, grid: dict[str, Any], variants: list[str] | No
         statistics="mean and sample standard deviation (ddof=1) over seeds; change in % of the reference's "
                    "mean and paired t-test (scipy.stats.ttest_rel) against the reference, over the seeds that "
                    "both finished (no p-value with fewer than two)",
-        rows=rows, runs=run_rows)
+        rows=rows, runs=run_rows, n_candidates=n_cand)
 
 
 def summarize_grid(grid_dir: Path, variants: list[str] | None = None, seeds: list[int] | None = None) -> Table:
@@ -416,7 +445,8 @@ def table_markdown(table: Table) -> str:
              f"seeds; p: paired t-test against `{ref}` (blank with fewer than two seeds). Coverage@10: share of all "
              "items in some user's top 10; Personalization@10: 1 − mean top-10 overlap of user pairs; ARP@10: mean "
              "training interactions of the top-10 items (lower: less popularity-bound).",
-             "", _md(header, rows, ["l", "r"] + ["r"] * (len(header) - 3) + ["l"])]
+             "", _md(header, rows, ["l", "r"] + ["r"] * (len(header) - 3) + ["l"]),
+             *(["", *(f"*Note:* {n}." for n in table.blank_p())] if table.blank_p() else [])]
     families: dict[str, list[str]] = {}
     for m in table.metrics:
         mm = _METRIC.match(m)
@@ -453,7 +483,8 @@ def runs_markdown(table: Table) -> str:
 
 
 def findings(table: Table) -> list[str]:
-    """Plain sentences: where full CML is beaten or matched, and by which variants."""
+    """Plain sentences: where full CML is beaten or matched, and by which variants; then the
+    variants it is above, with their change in % of CML's mean."""
     ref = table.reference
     rows = {r.variant: r for r in table.rows}
     out = []
@@ -462,36 +493,38 @@ def findings(table: Table) -> list[str]:
         if refcell.mean is None:
             out.append(f"{label(m)}: no finished `{ref}` run to compare with.")
             continue
-        better = [(r.variant, r.cell(m).mean, r.cell(m).p_value) for r in table.rows
-                  if r.variant != ref and not r.note and r.cell(m).mean is not None and r.cell(m).mean >= refcell.mean]
+        others = [r for r in table.rows if r.variant != ref and not r.note and r.cell(m).mean is not None]
+        better = [(r.variant, r.cell(m).mean, r.cell(m).p_value) for r in others if r.cell(m).mean >= refcell.mean]
+        below = sorted(((r.variant, r.cell(m).mean, r.cell(m).change_pct) for r in others
+                        if r.cell(m).mean < refcell.mean), key=lambda t: -t[1])
+        above = ", ".join(f"`{v}` {x:.4f}" + (f" ({_pct(c)})" if c is not None else "") for v, x, c in below)
         if not better:
-            out.append(f"{label(m)}: full CML ({refcell.mean:.4f}) is above every other variant and baseline.")
+            out.append(f"{label(m)}: full CML ({refcell.mean:.4f}) is above every other variant and baseline"
+                       + (f": {above}." if above else "."))
         else:
             items = ", ".join(f"`{v}` {x:.4f}" + (f" (p {_p(p)})" if p is not None else "")
                               for v, x, p in sorted(better, key=lambda t: -t[1]))
             out.append(f"{label(m)}: full CML ({refcell.mean:.4f}) does **not** beat (is matched or beaten by) "
-                       f"{items}.")
+                       f"{items}" + (f"; it is above {above}." if above else "."))
     return out
 
 
-def rich_table(table: Table):
-    """The headline table for the terminal."""
-    from rich.markup import escape
-    from rich.table import Table as RichTable
-
-    t = RichTable(title=escape(f"{table.dataset}: {table.evaluation}, protocol {table.protocol}, "
-                               f"seeds {','.join(map(str, table.seeds))}"))
-    t.add_column("variant")
-    t.add_column("seeds", justify="right")
-    for name in _headline_header(table):
-        t.add_column(name, justify="right", no_wrap=True)
-    t.add_column("note", overflow="fold")
-    for r in table.rows:
-        style = "bold" if r.variant == table.reference else ("red" if r.status != "ok" else None)
+def table_listing(table: Table) -> Listing:
+    """The headline table for the terminal or a pipe (:mod:`cml_cli.listing`), with its notes
+    and the findings; the note column only when a row has a note."""
+    notes = ["; ".join(x for x in (r.status_text(), r.note) if x) for r in table.rows]
+    rows = []
+    for r, note in zip(table.rows, notes):
         cells = [c.replace("—", "") for c in _headline_cells(table, r, bold=False)]
-        note = "; ".join(x for x in (r.status_text(), r.note) if x)
-        t.add_row(escape(r.variant), f"{r.n_ok}/{len(r.seeds)}", *map(escape, cells), escape(note), style=style)
-    return t
+        rows.append((r.variant, f"{r.n_ok}/{len(r.seeds)}", *cells, *([note] if any(notes) else [])))
+    columns = ("variant", "seeds", *_headline_header(table), *(["note"] if any(notes) else []))
+    title = (f"{table.dataset}: test metrics, protocol {table.protocol}, seed{'s' if len(table.seeds) != 1 else ''} "
+             f"{','.join(map(str, table.seeds))}")
+    findings_text = [f.replace("**", "").replace("`", "") for f in findings(table)]
+    return Listing(title, columns, tuple(rows), right=frozenset(range(1, 2 + len(_headline_header(table)))),
+                   notes=(*table.notes(), *findings_text),
+                   strong=frozenset(i for i, r in enumerate(table.rows) if r.variant == table.reference),
+                   wrap=frozenset({len(columns) - 1} if any(notes) else ()))
 
 
 def write_tables(table: Table, out_dir: Path) -> dict[str, Path]:

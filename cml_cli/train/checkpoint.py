@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cml_cli.data.store import fsync_dir
+from cml_cli.data.store import FILE_MODE, fsync_dir
 from cml_cli.errors import InputError, write_error
 
 _DTYPES = {"bfloat16": torch.bfloat16}
@@ -83,6 +83,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         raise write_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), FILE_MODE)
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())

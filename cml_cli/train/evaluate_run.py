@@ -30,7 +30,8 @@ def evaluate_run(run_path: Path, *, checkpoint: str = "best", split: str = "test
     checkpoint must be the run's own (its identity: model, configuration, dataset), cut-offs
     may not exceed the item count, and with ``write`` the run directory must be writable: each
     is checked before any computing. Sampled metrics are ``result[split]``, full-ranking ones
-    ``result[split]["full"]``.
+    ``result[split]["full"]``; the keys are named after ``cml evaluate``'s options (``ranking``
+    is ``protocol``).
     ``result["checkpoint_used"]`` names the file read: without ``best.ckpt`` (a run that has
     not validated yet) ``best`` falls back to ``last.ckpt``, and says so on stderr."""
     for option, value, allowed in (("--checkpoint", checkpoint, CHECKPOINTS), ("--split", split, SPLITS),
@@ -66,7 +67,7 @@ def evaluate_run(run_path: Path, *, checkpoint: str = "best", split: str = "test
     else:
         metrics = {"full": evaluate_full(scorer, ds, split, ks, device=dev)}
     result = {"run_dir": str(run.path), "dataset": ds.name, "model": cfg.model, "checkpoint": checkpoint,
-              "checkpoint_used": str(path), "split": split, "protocol": protocol, split: metrics}
+              "checkpoint_used": str(path), "split": split, "ranking": protocol, split: metrics}
     if write:
         write_json_atomic(run.path / f"eval-{split}-{protocol}-{checkpoint}.json", result)
     return result

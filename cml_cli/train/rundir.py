@@ -5,7 +5,7 @@
     <runs-dir>/<name>/metrics.jsonl    one line per epoch
     <runs-dir>/<name>/checkpoints/     last.ckpt (every epoch), previous.ckpt (the one before), best.ckpt
     <runs-dir>/<name>/metrics.json     final metrics (written last: its presence means done)
-    <runs-dir>/<name>/.lock            held by the process training in it
+    <runs-dir>/<name>/.lock            held by the process training in it (removed when it ends)
 """
 
 from __future__ import annotations
@@ -121,20 +121,26 @@ class RunDir:
     def lock(self) -> None:
         """Take the run directory's lock or fail, changing nothing, if another process holds it.
 
-        ``flock`` locks vanish with their process, so a killed run never leaves a stale lock."""
-        try:
-            f = open(self.path / ".lock", "a+")
-        except OSError as e:
-            raise InputError(f"{self.path}: cannot create the lock file ({e.strerror or e})") from None
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip()[:20]
+        ``flock`` locks vanish with their process, so a killed run never leaves a stale lock.
+        The holder removes the file when it unlocks; a lock taken on a file that was removed
+        meanwhile is not the run's lock, so it is taken again on the new file."""
+        while True:
+            try:
+                f = open(self.path / ".lock", "a+")
+            except OSError as e:
+                raise InputError(f"{self.path}: cannot create the lock file ({e.strerror or e})") from None
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip()[:20]
+                f.close()
+                who = f" (pid {holder})" if holder.isdigit() else ""
+                raise InputError(f"{self.path}: another cml process{who} is using this run directory; nothing was "
+                                 "changed (wait for it to finish, or stop it first)") from None
+            if self._is_lock_file(f):
+                break
             f.close()
-            who = f" (pid {holder})" if holder.isdigit() else ""
-            raise InputError(f"{self.path}: another cml process{who} is using this run directory; nothing was "
-                             "changed (wait for it to finish, or stop it first)") from None
         f.seek(0)
         f.truncate()
         f.write(str(os.getpid()))
@@ -217,8 +223,22 @@ class RunDir:
             except OSError:
                 pass
 
+    def _is_lock_file(self, f, follow: bool = True) -> bool:
+        """Is the open file ``f`` the file at ``<run>/.lock`` (same inode; with ``follow``
+        false, a symlink there is not)?"""
+        try:
+            here = os.stat(self.path / ".lock", follow_symlinks=follow)
+        except OSError:
+            return False
+        mine = os.fstat(f.fileno())
+        return (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
+
     def unlock(self) -> None:
+        """Release the lock and remove ``.lock``: the file is deleted only while this process
+        still holds it and only if it is the file that was locked."""
         if self._lock_file is not None:
+            if self._is_lock_file(self._lock_file, follow=False):
+                (self.path / ".lock").unlink(missing_ok=True)
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)
             self._lock_file.close()
             self._lock_file = None

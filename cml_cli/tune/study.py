@@ -11,10 +11,13 @@ machines can share. An invocation runs ``trials`` more trials, so running the sa
 again continues the study; a trial whose process died (``kill -9``) is marked failed by the
 next invocation on the same machine, or, on an RDB storage, by Optuna's heartbeat.
 
-At the end the best parameters go to ``<tune-dir>/best.toml`` (a ``[train]`` table usable as
-``cml train --config`` and ``cml ablate --config``) and that configuration is trained once more
-in ``<tune-dir>/best`` with its test split evaluated once (a second invocation on the same study
-waits for that run and reuses it).
+At the end the model's default configuration (what ``cml train`` runs without the study: the
+preset, the model's settings and ``--set``) is trained like a trial in ``<tune-dir>/default``
+(validation only; reused while its configuration is unchanged), so that the result can say
+when the best trial scores below it. The best parameters go to ``<tune-dir>/best.toml`` (a
+``[train]`` table usable as ``cml train --config`` and ``cml ablate --config``) and that
+configuration is trained once more in ``<tune-dir>/best`` with its test split evaluated once
+(a second invocation on the same study waits for these runs and reuses them).
 
 A tune directory is marked by ``tune.json``; ``cml tune`` writes only into a new or empty
 directory or one of its own. A trial that fails is one line in the study (its ``error``
@@ -60,7 +63,7 @@ from cml_cli.data.store import (
     write_json_atomic,
     write_text_atomic,
 )
-from cml_cli.errors import InputError, Interrupted, RunError, redact
+from cml_cli.errors import InputError, Interrupted, RunError, did_you_mean, redact
 from cml_cli.lifeline import child_env, die_with_parent
 from cml_cli.tracking import Tracker, Tracking
 from cml_cli.train.rundir import RunDir
@@ -107,7 +110,7 @@ class TuneSpec:
     track: dict[str, Any] | None = None
 
     def tracker(self, run_name: str) -> Tracker | None:
-        """The ``--track`` tracker of the run ``run_name`` (a trial, or ``best``), or None."""
+        """The ``--track`` tracker of the run ``run_name`` (a trial, ``default`` or ``best``), or None."""
         return Tracking(**self.track).named(run_name=run_name).tracker() if self.track else None
 
     def space(self) -> list[Param]:
@@ -252,6 +255,26 @@ class TrialProgress:
     def stop(self) -> None: ...
 
 
+class EventProgress:
+    """Each epoch's validation NDCG@10 of a run outside the study (the default configuration,
+    the best one) as an ``"epoch"`` event named ``run``."""
+
+    def __init__(self, run: str, notify: Callable[[str, dict], None]):
+        self.run, self.notify = run, notify
+
+    def start(self, epochs: int, done: int) -> None: ...
+
+    def start_epoch(self, epoch: int, batches: int) -> None: ...
+
+    def advance(self, loss: float) -> None: ...
+
+    def end_epoch(self, row: dict) -> None:
+        value = (row.get("valid") or {}).get(METRIC)
+        self.notify("epoch", {"number": self.run, "epoch": row["epoch"], "value": value})
+
+    def stop(self) -> None: ...
+
+
 def objective(spec: TuneSpec, on_epoch=None) -> Callable:
     """The function Optuna maximises: one run of the drawn configuration, validation NDCG@10.
     A run that fails makes the trial fail with one line (its ``error`` attribute); the study
@@ -323,14 +346,19 @@ def run_tune(
     tracking: Tracking | None = None,
 ) -> dict[str, Any]:
     """Run ``trials`` more trials (or until the study holds ``until`` finished ones, or for
-    ``timeout`` seconds), write ``best.toml``, train the best configuration and evaluate its test
-    split once. Everything (options, space, the whole dataset, the directory) is checked first.
+    ``timeout`` seconds), train the model's default configuration for comparison, write
+    ``best.toml``, train the best configuration and evaluate its test split once. Everything
+    (options, space, the whole dataset, the directory) is checked first.
 
     Returns ``{"trials", "best_value", "best_params", "best_config", "test", "tune_dir",
-    "storage", "best_run", "pruned", "failed", "seconds"}`` (``trials``: finished trials so far;
-    ``storage`` without credentials). ``on_event(kind, info)`` reports ``"trial"`` (``error``
-    for a failed one), ``"epoch"`` and ``"best"``; ``tracking`` (``--track``) logs every trial
-    and the best run. Ctrl-C raises :class:`cml_cli.errors.Interrupted`."""
+    "storage", "best_run", "default_value", "default_run", "best_below_default", "pruned",
+    "failed", "seconds"}`` (``trials``: finished trials so far; ``storage`` without credentials;
+    ``default_value``: the validation NDCG@10 of the model's default configuration, and
+    ``best_below_default`` whether the best trial scored below it). ``on_event(kind, info)``
+    reports ``"trial"`` (``error`` for a failed one), ``"epoch"`` (of a trial in this process,
+    or of the ``"default"`` or ``"best"`` run), ``"default"`` and ``"best"``; ``tracking``
+    (``--track``) logs every trial, the default and the best run. Ctrl-C raises
+    :class:`cml_cli.errors.Interrupted`."""
     _optuna()  # a missing extra is one line before anything else
     started = time.perf_counter()
     _check_budget(model, trials, until, timeout, jobs, seed)
@@ -368,7 +396,8 @@ def _check_budget(model: str, trials: int | None, until: int | None, timeout: fl
                   seed: int) -> None:
     """The options that say what to search and how long, checked (an :class:`InputError`)."""
     if model not in registry.MODELS:
-        raise InputError(f"--model: unknown model '{model}' (known: {', '.join(registry.names())})")
+        raise InputError(f"--model: unknown model '{model}'{did_you_mean(model, registry.names())} (known: "
+                         f"{', '.join(registry.names())})")
     if trials is not None and until is not None:
         raise InputError("--trials and --until: give one of them")
     if trials is not None and trials < 1:
@@ -459,9 +488,11 @@ def _search(spec: TuneSpec, study, jobs: int, trials: int | None, on_event) -> N
 
 
 def _conclude(spec: TuneSpec, study, on_event, started: float) -> dict[str, Any]:
-    """``best.toml``, the best configuration trained once more, and the result."""
+    """After the trials: the default configuration trained for comparison, ``best.toml``, the
+    best configuration trained once more with its test split, and the result of :func:`run_tune`."""
     from optuna.trial import TrialState
 
+    notify = on_event or (lambda kind, info: None)
     best = _best(study)
     failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
     if best is None:
@@ -469,14 +500,17 @@ def _conclude(spec: TuneSpec, study, on_event, started: float) -> dict[str, Any]
         why = f"; the last error: {errors[-1]}" if errors else ""
         raise RunError(redact(f"no trial of the study in {spec.storage} finished ({len(failed)} failed{why})"))
     tune_dir = Path(spec.tune_dir)
-    best_file = write_best(spec, best, tune_dir / "best.toml", len(_finished(study)))
-    if on_event is not None:
-        on_event("best", {"number": best.number, "value": best.value, "params": best.params})
-    final = _train_best(spec, tune_dir, best_file)
+    reference = _train_default(spec, tune_dir, notify)
+    default_value = float(reference["valid"][METRIC])
+    notify("default", {"value": default_value, "best_value": best.value, "run": reference["run_dir"]})
+    best_file = write_best(spec, best, tune_dir / "best.toml", len(_finished(study)), default_value)
+    notify("best", {"number": best.number, "value": best.value, "params": best.params})
+    final = _train_best(spec, tune_dir, best_file, EventProgress("best", notify))
     pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
     return {"trials": len(_finished(study)), "best_value": best.value, "best_params": best.params,
             "best_config": str(best_file), "test": final["test"], "best_run": final["run_dir"],
-            "best_trial": best.number, "pruned": len(pruned), "failed": len(failed),
+            "best_trial": best.number, "default_value": default_value, "default_run": reference["run_dir"],
+            "best_below_default": best.value < default_value, "pruned": len(pruned), "failed": len(failed),
             "tune_dir": str(tune_dir), "storage": redact(spec.storage), "seconds": time.perf_counter() - started}
 
 
@@ -487,9 +521,10 @@ def _best(study):
         return None
 
 
-def write_best(spec: TuneSpec, best, path: Path, finished: int) -> Path:
+def write_best(spec: TuneSpec, best, path: Path, finished: int, default_value: float | None = None) -> Path:
     """``best.toml``: the model, the fixed ``--set`` options and the best trial's parameters, as
-    a ``[train]`` table (applied after a dataset's preset: ``cml train --config best.toml``)."""
+    a ``[train]`` table (applied after a dataset's preset: ``cml train --config best.toml``);
+    its header says when the best trial scored below the default configuration."""
     values = {**apply_overrides(RunConfig(), spec.fixed).to_dict(), "model": spec.model, **best.params}
     keys = ["model", *spec.fixed, *best.params]
     cfg = apply_overrides(RunConfig(), {k: values[k] for k in keys})
@@ -497,31 +532,46 @@ def write_best(spec: TuneSpec, best, path: Path, finished: int) -> Path:
     chosen = [line for line in body if line.split(" = ")[0] in keys]
     header = [f"# cml tune: best of {finished} finished trials (trial {best.number}, validation {METRIC} "
               f"{best.value:.6f})", f"# dataset {spec.dataset}, preset {spec.preset}, seed {spec.seed}, storage "
-              f"{redact(spec.storage)}", "[train]"]
+              f"{redact(spec.storage)}"]
+    if default_value is not None and best.value < default_value:
+        header.append(f"# below the model's default configuration (validation {METRIC} {default_value:.6f}): "
+                      "the search did not find a better one")
+    header.append("[train]")
     write_text_atomic(path, "\n".join(header + chosen) + "\n")
     return path
 
 
-def _train_best(spec: TuneSpec, tune_dir: Path, best_file: Path) -> dict[str, Any]:
-    """Train ``best.toml`` once in ``<tune-dir>/best`` (test evaluated once), or reuse that run
-    when it already holds exactly this configuration. While another process (a second
-    ``cml tune`` on the same study) trains it, wait for that process, then look again."""
-    from cml_cli.train.loop import train
+def _train_default(spec: TuneSpec, tune_dir: Path, notify: Callable[[str, dict], None]) -> dict[str, Any]:
+    """Train the model's default configuration (none of the space's values) like a trial in
+    ``<tune-dir>/default``: strict protocol, the study's seed, validation only."""
+    return _train_once(spec, spec.config({}), tune_dir / "default", "valid", EventProgress("default", notify))
 
+
+def _train_best(spec: TuneSpec, tune_dir: Path, best_file: Path, progress=None) -> dict[str, Any]:
+    """Train ``best.toml`` once in ``<tune-dir>/best`` (test evaluated once)."""
     cfg = compose(spec.preset, [load_toml(best_file)])
     cfg.seed = spec.seed
-    cfg.validate()
-    run = RunDir(tune_dir / "best")
+    return _train_once(spec, cfg.validate(), tune_dir / "best", "test", progress)
+
+
+def _train_once(spec: TuneSpec, cfg: RunConfig, path: Path, split: str, progress) -> dict[str, Any]:
+    """Train ``cfg`` in ``path`` (with its test split evaluated when ``split`` is ``"test"``),
+    or reuse that run when it already holds exactly this configuration and ``split``'s metrics.
+    While another process (a second ``cml tune`` on the same study) trains it, wait for that
+    process, then look again."""
+    from cml_cli.train.loop import train
+
+    run = RunDir(path)
     while True:
         while run.holder() is not None:
             time.sleep(0.5)
         stored = run.read_config_dict()
         final = run.read_final() if stored is not None and not config_changes(stored, cfg.to_dict()) else None
-        if final is not None and final.get("test"):
+        if final is not None and final.get(split):
             return final
         try:
-            return train(spec.dataset_dir, cfg, runs_dir=tune_dir, name="best", force=True,
-                         tracker=spec.tracker("best"))
+            return train(spec.dataset_dir, cfg, runs_dir=path.parent, name=path.name, force=True, progress=progress,
+                         evaluate_test=split == "test", tracker=spec.tracker(path.name))
         except InputError:
             if run.holder() is None:
                 raise
