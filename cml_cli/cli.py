@@ -25,6 +25,7 @@ from typing import NoReturn, Optional, TextIO
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperCommand
 
 from cml_cli import registry
 from cml_cli.config import DEFAULT_KS, RunConfig
@@ -54,6 +55,24 @@ ShortHelp = {
     "report": "Tables, figures and report.md of an ablation.",
     "tune": "Search hyperparameters on validation (Optuna).",
 }
+
+
+class PlainCommand(TyperCommand):
+    """Typer's command with its arguments shown by name alone (``RUN_DIR``), where recent
+    Typer writes ``{RUN_DIR}`` in the usage line and ``RUN_DIR <path>`` in the argument list."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        return [p[1:-1] if p[:1] == "{" and p[-1:] == "}" else p for p in super().collect_usage_pieces(ctx)]
+
+    def format_options(self, ctx, formatter) -> None:
+        params = self.get_params(ctx)
+        arguments = [(p.metavar or p.name.upper(), getattr(p, "help", None) or "") for p in params
+                     if p.param_type_name == "argument"]
+        options = [r for p in params if p.param_type_name == "option" and (r := p.get_help_record(ctx)) is not None]
+        for title, rows in (("Arguments", arguments), ("Options", options)):
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
 
 
 def _version(value: bool) -> None:
@@ -316,7 +335,7 @@ def train_cmd(
         render(_metrics_listing(result, f"{_rel(result['run_dir'])}: best epoch {result['best_epoch']}{label}"))
 
 
-@app.command(short_help=ShortHelp["evaluate"])
+@app.command(cls=PlainCommand, short_help=ShortHelp["evaluate"])
 def evaluate(
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="A run directory."),
     checkpoint: str = typer.Option("best", "--checkpoint", metavar="CHECKPOINT", help="best | last."),
@@ -392,8 +411,12 @@ class LogFollower:
             self.runs[label] = {"path": path, "offset": offset, "shown": 0.0, "line": None, "started": None}
 
     def remove(self, label: str) -> None:
+        """Stop following a run that ended, first showing its newest epoch line not shown yet."""
         with self.lock:
-            self.runs.pop(label, None)
+            run = self.runs.pop(label, None)
+            if run is not None:
+                run["shown"] = 0.0
+                self._poll(label, run)
 
     def _write(self, text: str) -> None:
         self.stream.write(text + "\n")
@@ -500,7 +523,7 @@ def ablate(
         raise RunError(f"{len(result['failed'])} run(s) failed: {names}")
 
 
-@app.command(short_help=ShortHelp["report"])
+@app.command(cls=PlainCommand, short_help=ShortHelp["report"])
 def report(
     runs: Path = typer.Argument(..., metavar="ABLATE_DIR", help="An ablation directory (runs/NAME written by `cml "
                                 "ablate`)."),
@@ -632,7 +655,7 @@ def tune(
         render(_metrics_listing({"test": result["test"]}, f"{result['best_run']} (best configuration, test once)"))
 
 
-@app.command("help", short_help="Show the help of a command.")
+@app.command("help", cls=PlainCommand, short_help="Show the help of a command.")
 def help_cmd(ctx: typer.Context,
              command: Optional[str] = typer.Argument(None, metavar="COMMAND", help="A command of cml.")) -> None:
     """Show the help of COMMAND (`cml help train` is `cml train -h`), or of cml."""

@@ -1,5 +1,7 @@
-"""The installed ``cml`` entry point as a new user meets it: usage errors, help text, runs
-that find their dataset without ``--data-dir``, and ``--json`` on stdout."""
+"""The installed ``cml`` entry point as a new user meets it: one-line usage errors, ``-h``,
+``--version``, help text and metavars, "did you mean" for misspelled names, result tables on
+stdout (plain text in a pipe) with progress on stderr, runs that find their dataset without
+``--data-dir``, ``--json`` on stdout, file modes and no lock left behind."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-COMMANDS = ("preprocess", "datasets", "train", "evaluate", "ablate", "report")
+COMMANDS = ("preprocess", "datasets", "train", "evaluate", "ablate", "report", "tune")
+BOX = set("─━│┃┏┓┗┛┡┩└┘├┤┼╇")
 BLOCK_CLICK = """
 import sys
 
@@ -33,7 +36,8 @@ def _cml(*args: str, cwd: Path, env: dict | None = None, timeout: float = 180) -
     script = Path(sys.executable).with_name("cml")
     assert script.is_file(), f"{script}: the package is not installed in this environment (make install)"
     base = {k: v for k, v in os.environ.items() if k != "CML_DATA_DIR"}
-    base.update({"PYTHONWARNINGS": "ignore", "COLUMNS": "200"}, **(env or {}))
+    # One torch thread: tiny data gains nothing from more, and on a busy machine they wait on each other.
+    base.update({"PYTHONWARNINGS": "ignore", "COLUMNS": "200", "OMP_NUM_THREADS": "1"}, **(env or {}))
     return subprocess.run([str(script), *map(str, args)], capture_output=True, text=True, cwd=cwd, env=base,
                           timeout=timeout)
 
@@ -47,13 +51,49 @@ def no_click(tmp_path_factory) -> dict:
 
 
 @pytest.mark.parametrize("blocked", [False, True], ids=["installed", "without-click"])
-@pytest.mark.parametrize("argv", [["train", "--bogus"], ["ablate", "--bogus"], ["evaluate"], ["evaluate", "--ranking"]])
-def test_usage_errors_exit_2_without_traceback(argv, blocked, no_click, tmp_path):
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--bogus"], "No such option: --bogus"),
+    (["ablate", "--bogus"], "No such option: --bogus"),
+    (["evaluate"], "Missing argument 'RUN_DIR' (see `cml evaluate -h`)"),
+    (["evaluate", "--ranking"], "Option '--ranking' requires an argument (see `cml evaluate -h`)"),
+    (["tune"], "Missing option '--dataset' / '-d' (see `cml tune -h`)"),
+    (["tune", "-d", "x", "-m", "cml", "--trials", "many"], "Invalid value for '--trials'"),
+    (["trian"], "No such command 'trian'"),
+])
+def test_usage_errors_are_one_line_in_the_projects_style(argv, message, blocked, no_click, tmp_path):
     proc = _cml(*argv, cwd=tmp_path, env=no_click if blocked else None)
     assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr and proc.stdout == ""
-    assert re.search(r"Error: (No such option|Missing argument|Option '--ranking' requires an argument)",
-                     proc.stderr), proc.stderr
+    assert proc.stdout == "" and proc.stderr.count("\n") == 1, proc.stderr  # no Usage / Try / blank line
+    assert proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr
+    assert proc.stderr.rstrip().endswith(f"(see `cml {argv[0] if argv[0] != 'trian' else ''}".rstrip() + " -h`)")
+    assert "Error:" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["", *COMMANDS])
+def test_dash_h_is_help(command, tmp_path):
+    proc = _cml(*([command] if command else []), "-h", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"Usage: cml {command}".rstrip()), proc.stdout
+    assert _cml("help", *([command] if command else []), cwd=tmp_path).stdout == proc.stdout  # cml help CMD
+
+
+def test_version_names_the_package_version_and_git_revision(tmp_path):
+    from cml_cli import __version__
+
+    proc = _cml("--version", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert re.fullmatch(rf"cml {re.escape(__version__)} \(git revision ([0-9a-f]{{40}}(\+dirty)?|unknown)\)\n",
+                        proc.stdout), proc.stdout
+
+
+def test_help_has_readable_metavars_and_whole_summaries(tmp_path):
+    summary = _cml("-h", cwd=tmp_path).stdout
+    assert "..." not in summary.split("Commands:")[1], summary  # no summary cut short
+    for command in COMMANDS:
+        text = _cml(command, "-h", cwd=tmp_path).stdout
+        assert not re.search(r"<[a-z\[\]]+>|\{[a-z_]+\}", text), text  # no <list[str]>, <path>, {run_dir}
+    assert "--set KEY=VALUE" in _cml("train", "-h", cwd=tmp_path).stdout
+    assert "Usage: cml evaluate [OPTIONS] RUN_DIR" in _cml("evaluate", "-h", cwd=tmp_path).stdout
 
 
 def test_no_click_is_really_blocked(no_click, tmp_path):
@@ -122,3 +162,123 @@ def test_evaluate_refuses_a_changed_dataset(trained, tmp_path):
     assert proc.returncode == 0, proc.stderr
     proc = _cml("evaluate", trained["run"], "--data-dir", data, cwd=tmp_path)
     assert proc.returncode == 2 and "dataset changed" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_evaluate_json_keys_follow_the_options_and_the_default_cutoffs_are_one(trained, tmp_path):
+    from cml_cli.config import DEFAULT_KS, RunConfig
+
+    proc = _cml("evaluate", trained["run"], "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["ranking"] == "sampled" and result["split"] == "test" and result["checkpoint"] == "best"
+    assert "protocol" not in result  # the option is --ranking (train's --protocol is strict | paper)
+    sampled = {f"{m}@{k}" for m in ("hr", "ndcg") for k in DEFAULT_KS}
+    assert set(result["test"]) == sampled  # evaluate's default cut-offs ...
+    assert set(trained["result"]["test"]) - {"full"} == sampled  # ... are train's
+    assert RunConfig().ks == list(DEFAULT_KS)
+    assert f"[default: the run's ks: {','.join(map(str, DEFAULT_KS))}" in " ".join(
+        _cml("evaluate", "-h", cwd=tmp_path).stdout.split())
+
+
+def test_files_have_one_mode_and_a_finished_run_leaves_no_lock(trained):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    run, dataset = trained["run"], trained["data"] / "synthetic"
+    assert not (run / ".lock").exists()
+    for path in [run, dataset, *run.rglob("*"), *dataset.rglob("*")]:
+        expected = (0o777 if path.is_dir() else 0o666) & ~umask
+        assert path.stat().st_mode & 0o777 == expected, f"{path}: {oct(path.stat().st_mode & 0o777)}"
+
+
+def test_the_lock_file_goes_with_its_holder(tmp_path):
+    from cml_cli.errors import InputError
+    from cml_cli.train.rundir import RunDir
+
+    tmp_path.joinpath("run").mkdir()
+    first, second = RunDir(tmp_path / "run"), RunDir(tmp_path / "run")
+    first.lock()
+    with pytest.raises(InputError, match="another cml process"):
+        second.lock()
+    stale = open(tmp_path / "run" / ".lock")  # a process that opened the file before it was removed
+    first.unlock()
+    assert not (tmp_path / "run" / ".lock").exists()
+    second.lock()  # a new file: the removed one is no lock of this run any more
+    assert (tmp_path / "run" / ".lock").read_text() == str(os.getpid())
+    assert os.fstat(stale.fileno()).st_ino != (tmp_path / "run" / ".lock").stat().st_ino
+    stale.close()
+    (tmp_path / "elsewhere").write_text("keep")
+    second.unlock()
+    (tmp_path / "run" / ".lock").symlink_to(tmp_path / "elsewhere")
+    first.lock()
+    first.unlock()  # never deletes through (or a) symlink it did not make
+    assert (tmp_path / "run" / ".lock").is_symlink() and (tmp_path / "elsewhere").is_file()
+
+
+def _one_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
+
+
+def test_misspelled_names_get_a_suggestion(trained, tmp_path):
+    data = ["--data-dir", trained["data"]]
+    line = _one_error_line(_cml("train", "--dataset", "retailrocekt", cwd=tmp_path))
+    assert "did you mean 'retailrocket'?" in line and "cml preprocess --dataset retailrocket " in line
+    assert "--dataset retailrocekt" not in line  # no advice to preprocess the misspelled name
+    assert "did you mean 'synthetic'?" in _one_error_line(_cml("train", "--dataset", "synthetc", *data, cwd=tmp_path))
+    line = _one_error_line(_cml("train", "--dataset", "synthetic", *data, "--set", "epoch=3", cwd=tmp_path))
+    assert "unknown option 'epoch' (did you mean 'epochs'?)" in line and line.count(",") < 5  # not all 45 keys
+    line = _one_error_line(_cml("train", "--dataset", "synthetic", *data, "--set", "model=itemknn", cwd=tmp_path))
+    assert "did you mean 'itemknn-merged'?" in line
+    line = _one_error_line(_cml("ablate", "--dataset", "synthetic", *data, "--variants", "cml,w/o-cfl", cwd=tmp_path))
+    assert "unknown variant 'w/o-cfl' (did you mean 'w/o-clf'" in line
+
+
+def test_model_suggestions_read_the_registry(monkeypatch):
+    from cml_cli import registry
+    from cml_cli.config import RunConfig
+    from cml_cli.errors import InputError
+
+    monkeypatch.setitem(registry.MODELS, "cascadingrank", registry.ModelEntry("cascadingrank", "peer", "x:y", "new"))
+    with pytest.raises(InputError, match="did you mean 'cascadingrank'"):
+        RunConfig(model="cascadingrnk").validate()
+
+
+def test_source_folder_holding_known_layouts_names_them(tmp_path, make_cml, make_mbcgcn):
+    make_cml(tmp_path / "published" / "cml-format")
+    make_mbcgcn(tmp_path / "published" / "mbcgcn-format")
+    line = _one_error_line(_cml("preprocess", "--dataset", "tmall", "--source", tmp_path / "published", "--data-dir",
+                                tmp_path / "data", cwd=tmp_path))
+    assert "cml-format (cml format)" in line and "mbcgcn-format (mbcgcn format)" in line
+    assert not (tmp_path / "data").exists()
+
+
+def test_tables_go_to_stdout_as_plain_text_and_progress_to_stderr(trained, tmp_path):
+    data = ["--data-dir", trained["data"]]
+    proc = _cml("datasets", *data, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("synthetic ")]
+    assert len(rows) == 1 and "300" in rows[0] and not BOX & set(proc.stdout), proc.stdout
+    proc = _cml("evaluate", trained["run"], cwd=tmp_path)
+    assert proc.returncode == 0 and re.search(r"^test +HR@10 +0\.\d{4}$", proc.stdout, re.M), proc.stdout
+    proc = _cml("train", "--dataset", "synthetic", *data, "--name", "p", "--set", "epochs=2", "--set", "dim=8",
+                "--set", "layers=1", "--json", cwd=tmp_path)  # not a terminal, and --json: a line per epoch
+    assert proc.returncode == 0 and json.loads(proc.stdout)["epochs_run"] == 2, proc.stderr
+    assert re.search(r"^epoch 1/2 .*valid HR@10", proc.stderr, re.M) and "epoch 2/2" in proc.stderr, proc.stderr
+
+
+def test_ablate_table_on_stdout_progress_on_stderr(trained, tmp_path):
+    argv = ["ablate", "--dataset", "synthetic", "--data-dir", trained["data"], "--variants", "cml,popularity",
+            "--set", "epochs=2", "--set", "dim=8", "--set", "layers=1"]
+    proc = _cml(*argv, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("synthetic: test metrics") and lines[1].split()[:3] == ["variant", "seeds", "HR@10"]
+    assert lines[2].startswith("cml ") and lines[3].startswith("popularity ") and not BOX & set(proc.stdout)
+    assert any(line.startswith("note: p is blank: one seed") for line in lines), proc.stdout
+    assert re.search(r"^  cml s0: epoch 2/2 ", proc.stderr, re.M), proc.stderr  # the run's epochs, live
+    assert "tables in runs/ablate-synthetic/table." in proc.stderr  # relative to the working directory
+    proc = _cml(*argv, "--json", cwd=tmp_path)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["rows"][0]["variant"] == "cml"
+    assert "reused cml s0" in proc.stderr

@@ -43,18 +43,33 @@ def dataset_preset(name: str) -> DatasetPreset | None:
     return None
 
 
-def detect_format(source: Path) -> str:
+def _layout(folder: Path) -> str | None:
+    """The format of the published files in ``folder`` (``cml`` | ``mbcgcn``), or None."""
     from cml_cli.data.readers import cml as cml_reader
 
+    if cml_reader.looks_like(folder):
+        return "cml"
+    if any((folder / b / "train.txt").is_file() for b in ("buy", "purchase")):
+        return "mbcgcn"
+    return None
+
+
+def detect_format(source: Path) -> str:
+    """``events`` for a file, the layout of a directory's files; a directory whose subfolders
+    hold known layouts (``retailrocket/`` holding ``cml-format/``) is refused naming them."""
     if source.is_file():
         return "events"
-    if source.is_dir():
-        if cml_reader.looks_like(source):
-            return "cml"
-        if any((source / b / "train.txt").is_file() for b in ("buy", "purchase")):
-            return "mbcgcn"
-        raise InputError(f"{source}: cannot tell its format; pass --format ({', '.join(FORMATS)})")
-    raise InputError(f"{source}: no such file or directory")
+    if not source.is_dir():
+        raise InputError(f"{source}: no such file or directory")
+    fmt = _layout(source)
+    if fmt is not None:
+        return fmt
+    inside = [f"{d} ({layout} format)" for d in sorted(source.iterdir())
+              if d.is_dir() and (layout := _layout(d)) is not None]
+    if inside:
+        raise InputError(f"{source}: no dataset files here, but its subfolders hold {', '.join(inside)}: pass one "
+                         "of them as --source")
+    raise InputError(f"{source}: cannot tell its format; pass --format ({', '.join(FORMATS)})")
 
 
 def read_source(
