@@ -34,8 +34,9 @@ from cml_cli.listing import Listing, render
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   context_settings={"help_option_names": ["-h", "--help"]})
-# emoji=False: user text such as "cuda:-1:" is never turned into an emoji (markup is escaped).
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 160, emoji=False)
+# Messages: one line each, never wrapped; user text such as "cuda:-1:" is never turned into an
+# emoji (emoji=False) nor read as markup (escaped).
+err = Console(stderr=True, soft_wrap=True, emoji=False)
 
 DataDir = typer.Option(None, "--data-dir", envvar="CML_DATA_DIR", metavar="DIR",
                        help="Processed datasets live here [default: $CML_DATA_DIR or ./data].")
@@ -569,25 +570,32 @@ class TuneDisplay:
     def __exit__(self, *exc) -> None:
         self.bar.__exit__(*exc)
 
-    def _show(self, text: str, line: bool = True) -> None:
+    def _show(self, text: str, line: bool = True, keep: bool = False) -> None:
+        """``text`` as the bar's info on a terminal (with ``keep`` also as a line above the bar),
+        elsewhere as a line (without ``line``: at most every ``every`` seconds)."""
         if err.is_terminal:
             self.bar.update(self.task, completed=self.done, info=escape(text))
+            if keep:
+                err.print(escape(text), highlight=False)
         elif line or time.monotonic() - self.shown >= self.every:
-            err.print(escape(text), highlight=False, soft_wrap=True)
+            err.print(escape(text), highlight=False)
             self.shown = time.monotonic()
 
     def __call__(self, kind: str, info: dict) -> None:
-        best = f"best valid NDCG@10 {self.best or 0:.4f}"
         if kind == "trial":
             self.done += 1
             self.best = info["best_value"] if info["best_value"] is not None else self.best
+            if info.get("error"):  # a failed trial: its error, one line that stays
+                self._show(f"trial {info['number']} failed: {redact(info['error'])}", keep=True)
+                return
             value = "" if info["value"] is None else f" {info['value']:.4f}"
-            self._show(f"trial {info['number']} {info['state'].lower()}{value}; best valid NDCG@10 "
-                       f"{self.best or 0:.4f} ({self.done} this run)")
+            self._show(f"trial {info['number']} {info['state'].lower()}{value}; best valid NDCG@10 so far "
+                       f"{self.best or 0:.4f} ({self.done} trials ended in this invocation)")
         elif kind == "epoch":
             run = f"trial {info['number']}" if isinstance(info["number"], int) else f"{info['number']} run"
             value = "" if info["value"] is None else f" valid NDCG@10 {info['value']:.4f}"
-            self._show(f"{run}: epoch {info['epoch']}{value}; {best}", line=False)
+            best = "" if self.best is None else f"; best trial so far {self.best:.4f}"
+            self._show(f"{run}: epoch {info['epoch']}{value}{best}", line=False)
         elif kind == "default":
             self._show(f"default configuration: valid NDCG@10 {info['value']:.4f} ({_rel(info['run'])})")
         elif kind == "best":

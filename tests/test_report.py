@@ -92,3 +92,15 @@ def test_report_of_run_directories_without_grid_json(grid_dir, tmp_path):
     assert table.rows[0].variant == "cml" and table.rows[1].cell("hr@10").change_pct is not None
     with pytest.raises(InputError, match="no run directories"):
         load_grid(tmp_path)
+
+
+def test_titles_are_clean_and_blank_p_values_are_explained(grid_dir, tmp_path):
+    result = build_report(grid_dir, tmp_path / "one", plots=False, seeds=[0])
+    table = result["table"]
+    assert "full:/" not in table.evaluation and table.evaluation.endswith(
+        "full ranking over all items for the full HR, Coverage, Personalization and ARP columns")
+    assert table.sampled("validation").endswith("99 sampled negatives per validation user")
+    assert table.blank_p() and table.blank_p()[0].startswith("p is blank: one seed per variant")
+    md = (tmp_path / "one" / "report.md").read_text()
+    assert "*Note:* p is blank: one seed per variant" in md
+    assert not summarize_grid(grid_dir).blank_p()  # two seeds: every p-value is there

@@ -107,6 +107,7 @@ def test_study_continues_and_best_toml_round_trips(data_dir, tmp_path):
     cfg = resolve_config("default", Path(again["best_config"]))
     assert cfg.model == "itemknn-merged" and cfg.knn_k == again["best_params"]["knn_k"]
     assert again["test"]["hr@10"] > 0 and "full" in again["test"]
+    assert again["default_value"] == first["default_value"] and "best_below_default" in again  # reused
 
 
 def test_killed_study_loses_at_most_the_running_trial(data_dir, tmp_path):
@@ -138,6 +139,24 @@ def test_parallel_jobs_run_exactly_the_trials_asked(data_dir, tmp_path):
     params = {tuple(line for line in (run / "config.toml").read_text().splitlines() if line.startswith("knn_"))
               for run in (tmp_path / "runs" / "p").glob("trial-*")}
     assert len(params) == 3, "parallel workers drew the same parameters"
+
+
+def test_result_says_when_the_best_trial_is_below_the_default_configuration(data_dir, tmp_path):
+    """One neighbour per item is all this space allows: worse than item-kNN's default (every
+    neighbour). The result says so (a JSON key and a line), and progress reaches stderr with --json."""
+    space = tmp_path / "one.toml"
+    space.write_text('[knn_k]\ntype = "categorical"\nchoices = [1]\n')
+    proc = _cml("tune", "--dataset", "synthetic", "--data-dir", data_dir, "--model", "itemknn-merged", "--trials", "1",
+                "--space", space, "--name", "below", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["best_below_default"] is True and result["default_value"] > result["best_value"]
+    assert result["default_run"] == "runs/below/default" and result["best_run"] == "runs/below/best"  # relative
+    default = json.loads((tmp_path / "runs" / "below" / "default" / "metrics.json").read_text())
+    assert default["test"] == {} and default["valid"]["ndcg@10"] == pytest.approx(result["default_value"])
+    assert "trial 0 complete" in proc.stderr and "default configuration: valid NDCG@10" in proc.stderr
+    assert "scores below the model's default configuration" in proc.stderr
+    assert "below the model's default configuration" in (tmp_path / "runs" / "below" / "best.toml").read_text()
 
 
 def test_trial_draws_depend_on_the_trial_number_only():

@@ -241,11 +241,11 @@ class Table:
 
     def blank_p(self) -> list[str]:
         """Why a p-value column is blank, when one is: one seed, or rows without two seeds in
-        common with the reference."""
+        common with the reference (rows that share the reference's runs say so in their note)."""
         if len(self.seeds) < 2:
             return [f"p is blank: one seed per variant, and a paired t-test against {self.reference} needs at least "
                     "two (e.g. --seeds 0,1,2)"]
-        if any(r.variant != self.reference and r.cell(m).mean is not None and r.cell(m).p_value is None
+        if any(r.variant != self.reference and not r.note and r.cell(m).mean is not None and r.cell(m).p_value is None
                for r in self.rows for m in self.headline()):
             return [f"a blank p: fewer than two seeds in common with {self.reference}, or the same value on every "
                     "seed"]
