@@ -39,6 +39,7 @@ MAX_NAME_BYTES = 200
 
 
 def _umask() -> int:
+    """The process's umask (Python reads it only by setting it: set, then restored)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -47,8 +48,9 @@ def _umask() -> int:
 # Modes of what the tool writes: what open() and mkdir() give under the process's umask
 # (0644 / 0755 under the usual 022), also for files and directories made through tempfile,
 # which creates them private (0600 / 0700). Nothing the tool writes is secret.
-FILE_MODE = 0o666 & ~_umask()
-DIR_MODE = 0o777 & ~_umask()
+_UMASK = _umask()
+FILE_MODE = 0o666 & ~_UMASK
+DIR_MODE = 0o777 & ~_UMASK
 
 
 def check_name(name: str, option: str) -> str:

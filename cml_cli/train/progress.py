@@ -77,15 +77,15 @@ class LineProgress(NullProgress):
     """One plain line per epoch (loss, last validation HR@10 / NDCG@10, seconds), and within an
     epoch that runs longer than ``every`` seconds one line per ``every`` seconds of batches."""
 
-    def __init__(self, stream: TextIO | None = None, every: float = 10.0, prefix: str = ""):
-        self.stream, self.every, self.prefix = stream, every, prefix
+    def __init__(self, stream: TextIO | None = None, every: float = 10.0):
+        self.stream, self.every = stream, every
         self.epochs = 0
         self.epoch = self.batches = self.done = 0
         self.last_line = 0.0
 
     def _write(self, text: str) -> None:
         stream = self.stream or sys.stderr
-        stream.write(f"{self.prefix}{text}\n")
+        stream.write(text + "\n")
         stream.flush()
         self.last_line = time.monotonic()
 
