@@ -118,9 +118,10 @@ def test_study_is_one_experiment_with_a_run_per_trial(data_dir, workdir):
     _cml("tune", "--dataset", "synthetic", "--data-dir", data_dir, "--model", "itemknn-merged", "--trials", "2",
          "--set", "ks=10", "--name", "study", "--track", "mlflow")
     _, runs = _mlflow_runs(workdir, "study")
-    assert sorted(runs["tags.mlflow.runName"]) == ["best", "trial-0", "trial-1"]
+    assert sorted(runs["tags.mlflow.runName"]) == ["best", "default", "trial-0", "trial-1"]
     by_name = runs.set_index("tags.mlflow.runName")
-    assert by_name.loc["trial-0"].filter(like="metrics.final/test/").isna().all()  # a trial never sees test
+    for name in ("trial-0", "default"):  # a trial, and the default configuration it is compared with, never see test
+        assert by_name.loc[name].filter(like="metrics.final/test/").isna().all()
     assert by_name.loc["best"]["metrics.final/test/hr_at_10"] >= 0
 
 
