@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib.util
+import io
 import json
 import shutil
 import sys
@@ -40,10 +41,18 @@ def test_a_variant_named_like_markup(children, cml, data_dir, tmp_path):
     child = children.run(["ablate", "-d", "synthetic", "--data-dir", data_dir, "--runs-dir", tmp_path / "runs",
                           "--name", "g", "--variants", "pop[/]", "--variants-file", tmp_path / "v.toml"])
     assert child.exitcode == 0, child.stderr
-    assert "pop[/]" in child.stderr  # the table shows the name as written, not as markup
+    assert "pop[/]" in child.stderr  # the progress lines show the name as written, not as markup
+    assert "pop[/]" in child.stdout  # and so does the table (on stdout, issue 22)
     res = cml("report", tmp_path / "runs" / "g", "--out", tmp_path / "out", "--tables-only")
     assert res.code == 0, res.stderr
-    assert "pop[/]" in res.stderr and "pop[/]" in (tmp_path / "out" / "table.md").read_text()
+    assert "pop[/]" in res.stdout and "pop[/]" in (tmp_path / "out" / "table.md").read_text()
+    from rich.console import Console
+
+    from cml_cli.report import summarize_grid, table_listing
+
+    terminal = Console(file=io.StringIO(), width=200)  # the table as a terminal gets it
+    terminal.print(table_listing(summarize_grid(tmp_path / "runs" / "g")).rich())
+    assert "pop[/]" in terminal.file.getvalue()
 
 
 @pytest.mark.parametrize("damage", [{"variants": []}, {"variants": {"popularity": {"runs": {"x": "popularity-s0"}}}},
