@@ -235,6 +235,16 @@ def test_misspelled_names_get_a_suggestion(trained, tmp_path):
     assert "unknown variant 'w/o-cfl' (did you mean 'w/o-clf'" in line
 
 
+def test_a_preset_not_processed_yet_is_no_misspelling(tmp_path):
+    from cml_cli.data.store import resolve_dataset_dir
+    from cml_cli.errors import InputError
+
+    with pytest.raises(InputError) as e:
+        resolve_dataset_dir("synthetic", tmp_path)
+    message = str(e.value)
+    assert "did you mean" not in message and "not processed yet: `cml preprocess --dataset synthetic`" in message
+
+
 def test_model_suggestions_read_the_registry(monkeypatch):
     from cml_cli import registry
     from cml_cli.config import RunConfig

@@ -381,11 +381,11 @@ def _not_found(name: str, base: Path) -> str:
     hint = did_you_mean(name, processed)
     if hint:
         return text + hint
-    presets = close_names(name, [d for d in DATASETS if d not in processed], n=1)
+    presets = [name] if name in DATASETS else close_names(name, [d for d in DATASETS if d not in processed], n=1)
     if presets:
         source = "" if presets[0] == "synthetic" else " --source PATH"
-        return (f"{text} (did you mean '{presets[0]}'? It is not processed yet: `cml preprocess --dataset "
-                f"{presets[0]}{source}`)")
+        ask = "" if presets[0] == name else f"did you mean '{presets[0]}'? It is "
+        return f"{text} ({ask or 'it is '}not processed yet: `cml preprocess --dataset {presets[0]}{source}`)"
     known = f"; processed here: {', '.join(processed)}" if processed else ""
     return f"{text} (run `cml preprocess --dataset {name} ...` first{known})"
 
