@@ -181,7 +181,8 @@ def preprocess(
                                        help="Name of the processed dataset [default: --dataset]."),
     behaviors: Optional[str] = typer.Option(None, "--behaviors", metavar="LIST",
                                             help="Comma-separated behaviors in order, target last."),
-    size: str = typer.Option("tiny", "--size", metavar="SIZE", help="Synthetic size: tiny | small | medium | tmall."),
+    size: str = typer.Option("tiny", "--size", metavar="SIZE", help="Synthetic size: tiny | small | medium | tmall, "
+                             "or a count of training interactions such as 500k or 2M."),
     seed: int = typer.Option(0, "--seed", metavar="N", help="Seed for the validation split and evaluation candidates."),
     no_valid: bool = typer.Option(False, "--no-valid", help="Keep training untouched: no validation split."),
     events_preset: Optional[str] = typer.Option(None, "--events-preset", metavar="PRESET",

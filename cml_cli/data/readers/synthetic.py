@@ -6,6 +6,12 @@ Views are drawn without replacement from ``softmax(s(u, .))`` (Gumbel top-k); de
 behaviors form a funnel over the views, each kept with probability ``sigmoid(s - c_k)``:
 view >> cart, fav >> buy. Every user buys at least three items; the latest buy is the test
 item. Timestamps grow along the funnel.
+
+``size`` is a name of :data:`SIZES` or a count of training interactions such as ``500k`` or
+``2M`` (all behaviors together, about that many after the test and validation splits): the ``tmall``
+profile (60 views per user on average) with ``U = count / 85`` users and
+``I = 12000 sqrt(U / 15000)`` items, so that a larger log has more users and more items, with
+the same funnel and the same popularity law.
 """
 
 from __future__ import annotations
@@ -24,13 +30,35 @@ SIZES = {
 }
 BEHAVIORS = ["view", "fav", "cart", "buy"]
 _OFFSETS = {"fav": 2.0, "cart": 1.2, "buy": 2.2}
+# Training interactions per user of the ``tmall`` profile (all behaviors, after the test and
+# validation splits).
+PER_USER = 85.0
+MIN_COUNT, MAX_COUNT = 10_000, 50_000_000
+_SUFFIXES = {"": 1, "k": 1_000, "m": 1_000_000}
+
+
+def shape(size: str) -> tuple[int, int, int]:
+    """``(users, items, mean views per user)`` of a named size or of a training-interaction
+    count (``"2M"``, ``"500k"``, ``"1200000"``)."""
+    if size in SIZES:
+        return SIZES[size]
+    text = size.strip().replace("_", "").lower()
+    unit = text[-1:] if text[-1:] in ("k", "m") else ""
+    try:
+        count = float(text[:len(text) - len(unit)]) * _SUFFIXES[unit]
+    except ValueError:
+        raise InputError(f"--size: unknown size '{size}' (choose from {', '.join(SIZES)}, or a count of "
+                         "training interactions such as 500k or 2M)") from None
+    if not MIN_COUNT <= count <= MAX_COUNT:
+        raise InputError(f"--size: {size} training interactions is outside {MIN_COUNT:,}..{MAX_COUNT:,}")
+    base_users, base_items, mean_views = SIZES["tmall"]
+    users = round(count / PER_USER)
+    return users, round(base_items * np.sqrt(users / base_users)), mean_views
 
 
 def read(size: str = "tiny", seed: int = 0, factors: int = 8, zipf: float = 0.8) -> RawData:
-    """Generate a dataset of the named ``size`` (one of ``SIZES``)."""
-    if size not in SIZES:
-        raise InputError(f"--size: unknown size '{size}' (choose from {', '.join(SIZES)})")
-    n_users, n_items, mean_views = SIZES[size]
+    """Generate a dataset of ``size``: a name of ``SIZES`` or a training-interaction count."""
+    n_users, n_items, mean_views = shape(size)
     rng = np.random.default_rng(seed)
     p = rng.normal(size=(n_users, factors))
     q = rng.normal(size=(n_items, factors))
