@@ -463,8 +463,8 @@ def ablate(
                                            "applies]."),
     seeds: str = typer.Option("0", "--seeds", metavar="LIST", help="Comma-separated seeds; each variant runs once per "
                               "seed."),
-    jobs: int = typer.Option(1, "--jobs", "-j", metavar="N", help="Runs side by side (each with cores/jobs torch "
-                             "threads)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", metavar="N", help="Runs side by side (each with 1/jobs of "
+                             "CML_THREADS or of the cores)."),
     executor: str = typer.Option("local", "--executor", metavar="EXECUTOR", help="local | ray."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", metavar="ADDRESS", help="Ray cluster address "
                                               "[default: start a local one]."),
@@ -716,6 +716,9 @@ def main() -> None:
     else :data:`STOPPED` (Typer reports an interruption as the return value 130)."""
     usage = _usage_errors()
     try:
+        from cml_cli.threads import prepare
+
+        prepare()  # before numpy and torch load: their thread pools read it once
         code = app(standalone_mode=False)
     except CMLError as e:
         _fail(e.label, str(e), e.exit_code)

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+from cml_cli import threads as thread_budget
 from cml_cli.config import RunConfig
 from cml_cli.errors import InputError
 from cml_cli.lifeline import child_env, die_with_parent
@@ -46,7 +47,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
             from cml_cli.train.loop import resume, train
 
             threads = torch.get_num_threads()
-            torch.set_num_threads(int(spec["threads"]))
+            thread_budget.apply_torch(int(spec["threads"]))
             progress = LineProgress(log)
             run = Path(spec["grid_dir"]) / spec["dir"]
             data_dir = Path(spec["data_dir"])
@@ -91,10 +92,8 @@ def _worker_main(argv: list[str]) -> int:
 
 
 def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+    """The threads the runs of this process share: ``$CML_THREADS`` or every core."""
+    return thread_budget.budget()
 
 
 def _last_line(path: Path) -> str:
@@ -119,8 +118,7 @@ def _run_local(specs: list[dict], jobs: int, notify: Callable[[dict, dict], None
 
     def one(spec: dict) -> dict:
         started = time.perf_counter()
-        env = child_env({**os.environ, "OMP_NUM_THREADS": str(spec["threads"]),
-                         "MKL_NUM_THREADS": str(spec["threads"]),
+        env = child_env({**thread_budget.environment(int(spec["threads"])),
                          "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore")})
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")

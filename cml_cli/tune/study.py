@@ -312,9 +312,9 @@ def worker_main(argv: list[str]) -> int:
     spec = TuneSpec(**json.loads(argv[0]))
     quota = int(argv[1]) or None
     if spec.threads:
-        import torch
+        from cml_cli.threads import apply_torch
 
-        torch.set_num_threads(spec.threads)
+        apply_torch(spec.threads)
     load_study(spec).optimize(objective(spec), n_trials=quota, timeout=spec.extra.get("timeout"), catch=(RunError,))
     return 0
 
@@ -583,9 +583,10 @@ def _run_workers(spec: TuneSpec, jobs: int, trials: int | None, study, notify) -
     evenly as possible); this process reports progress."""
     from optuna.trial import TrialState
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    spec.threads = max(1, cores // jobs)
-    env = child_env({**os.environ, "OMP_NUM_THREADS": str(spec.threads), "PYTHONWARNINGS": "ignore"})
+    from cml_cli.threads import environment, per_worker
+
+    spec.threads = per_worker(jobs)
+    env = child_env({**environment(spec.threads), "PYTHONWARNINGS": "ignore"})
     quotas = [0] * jobs if trials is None else [trials // jobs + (j < trials % jobs) for j in range(jobs)]
     procs = []
     for j, quota in enumerate(quotas):
