@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench clean check-minimal
+.PHONY: install test lint demo clean check-minimal
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -44,8 +44,28 @@ check-minimal:
 	.venv-min/bin/python -m pip install -q -e '.[dev]'
 	.venv-min/bin/python -m pytest tests/test_cli.py
 
-bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_train.py --record
+# --- benchmarks (benchmarks/*.py): each times a base revision and this working tree side by side,
+# reports ratios and merges its cases into experiments/results/benchmarks.json.
+# `make bench BASE=REV` picks the base; `make bench-train BENCH_TRAIN="--cases retailrocket --rounds 1"`
+# runs a quick subset. A new benchmark script gets a bench-NAME target and joins BENCHES.
+.PHONY: bench bench-train bench-scale bench-threads
+BASE ?= 90be1d7
+BENCH_TRAIN ?=
+BENCH_SCALE ?=
+BENCHES := bench-train bench-scale
+
+bench: $(STAMP)  # one after the other, never side by side: they time the machine
+	for b in $(BENCHES); do $(MAKE) --no-print-directory $$b || exit 1; done
+
+bench-train: $(STAMP)
+	$(BIN)/python benchmarks/bench_train.py --base $(BASE) --record $(BENCH_TRAIN)
+
+bench-scale: $(STAMP)
+	$(BIN)/python benchmarks/bench_scale.py --base $(BASE) --record $(BENCH_SCALE)
+
+# Not part of `make bench`: three trainings at once against one, per thread setting (needs bench-train's data).
+bench-threads: $(STAMP)
+	$(BIN)/python benchmarks/bench_threads.py --base $(BASE) --record
 
 clean:
 	rm -rf $(VENV) .venv-min data runs .pytest_cache
