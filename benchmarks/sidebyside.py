@@ -83,9 +83,13 @@ def git(*args: str, cwd: Path = ROOT) -> str:
 
 
 def working_tree() -> Side:
-    """This checkout, ``+dirty`` when tracked files differ from HEAD."""
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return Side("new", ROOT, git("rev-parse", "HEAD") + ("+dirty" if dirty else ""))
+    """This checkout, ``+dirty`` when tracked files differ from HEAD (``unknown`` outside git,
+    as the run manifests say then)."""
+    try:
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return Side("new", ROOT, git("rev-parse", "HEAD") + ("+dirty" if dirty else ""))
+    except (BenchError, OSError):
+        return Side("new", ROOT, "unknown")
 
 
 @contextlib.contextmanager
