@@ -10,7 +10,7 @@ OpenMP threads wait passively (``OMP_WAIT_POLICY=PASSIVE``) unless the environme
 otherwise: a thread that finishes its share of an operation sleeps instead of spinning
 while it waits for the others. With spinning threads, ``cml`` processes sharing cores with
 other busy processes take the cores from each other's laggards: on a loaded 2-core machine
-a retailrocket epoch took 7x longer (``benchmarks/bench_threads.py``).
+a retailrocket epoch took 7-8x longer (``benchmarks/bench_threads.py``).
 
 Thread counts and waiting are not hyperparameters and not part of a run's configuration.
 The thread count can change the last bits of floating-point sums: compare metrics at the
