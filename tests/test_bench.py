@@ -130,6 +130,18 @@ def test_checkout_is_removed_after_an_error_or_ctrl_c(repo):
         assert not side.root.parent.exists() and len(_worktrees(repo)) == 1
 
 
+def test_checkout_is_removed_when_the_benchmark_is_terminated(repo):
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); import sidebyside as s; s.exit_on_signals()\n"
+            "with s.checkout('HEAD', __import__('pathlib').Path(sys.argv[2])) as side:\n"
+            "    print(side.root, flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(BENCH), str(repo)], stdout=subprocess.PIPE, text=True)
+    root = Path(proc.stdout.readline().strip())
+    assert (root / "f.txt").is_file()
+    proc.terminate()
+    assert proc.wait(timeout=30) == 128 + 15
+    assert not root.parent.exists() and len(_worktrees(repo)) == 1
+
+
 def test_unknown_base_revision_is_bad_input(repo):
     with pytest.raises(sbs.BenchError, match="--base") as e, sbs.checkout("no-such-rev", repo):
         pass
