@@ -324,11 +324,14 @@ def record(cases: dict[str, dict], path: Path = RESULTS) -> None:
 
 
 def entry(pair: list[Side], command: list[str], state_before: dict, summary: dict, rows: dict) -> dict:
-    """One case as recorded: revisions, command, machine, date, load, summary and runs."""
+    """One case as recorded: revisions, command (no path of this machine), machine, date,
+    load, summary and runs."""
+    from cml_cli.train.rundir import command_line
+
     machine = next((r["machine"] for side_rows in rows.values() for r in side_rows if r.get("machine")), None)
     return {
         "revisions": {s.label: s.revision for s in pair},
-        "command": " ".join(command), "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": command_line(command, ROOT), "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine, "state_before": state_before, "state_after": machine_state(),
         "summary": summary, "runs": rows,
     }

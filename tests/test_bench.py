@@ -76,6 +76,14 @@ def test_record_merges_cases_atomically(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["benchmarks.json"]
 
 
+def test_recorded_entry_names_no_machine_path():
+    pair = [sbs.Side("base", Path("/tmp/cml-bench-base-x/tree"), "a" * 40), sbs.Side("new", sbs.ROOT, "b" * 40)]
+    out = sbs.entry(pair, ["python", "benchmarks/bench_train.py", "--data-dir", str(sbs.ROOT / "data")], {}, {"s": 1}, {})
+    assert out["command"] == "python benchmarks/bench_train.py --data-dir data"
+    assert out["revisions"] == {"base": "a" * 40, "new": "b" * 40} and out["summary"] == {"s": 1}
+    assert set(out["state_after"]) == {"loadavg", "cores", "thread_env"}
+
+
 def test_bad_options_are_one_line_errors():
     with pytest.raises(sbs.BenchError, match="unknown case") as e:
         bench_train.parse(["--cases", "retailrocket,nope"])
