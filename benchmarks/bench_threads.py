@@ -76,6 +76,8 @@ def main() -> None:
     parser.add_argument("--record", action="store_true", help=f"merge into {RESULTS.relative_to(ROOT)}")
     args = parser.parse_args()
     settings = [(text, *parse_setting(text)) for text in args.settings.split(",") if text]
+    if len({text for text, _, _ in settings}) < len(settings):
+        raise BenchError(f"--settings: '{args.settings}' names a setting twice", 2)
     try:
         counts = [int(c) for c in args.procs.split(",")]
     except ValueError:
