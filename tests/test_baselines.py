@@ -168,7 +168,7 @@ def test_lightgcn_propagation_matches_dense(tiny, merged):
     assert isinstance(tr, BPRTrainer)
     behaviors = tiny.behaviors if merged else [tiny.target]
     pairs = sum(len(items) for items in _sets(tiny, behaviors).values())
-    assert tr.model.graph.user_to_item.shape[1] == pairs  # one edge per distinct (user, item) pair
+    assert tr.model.graph.n_edges == pairs  # one edge per distinct (user, item) pair
 
     n_u, n = tiny.n_users, tiny.n_users + tiny.n_items
     adj = np.zeros((n, n))

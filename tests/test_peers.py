@@ -122,13 +122,13 @@ def test_peer_shapes_and_cascade_order(tiny_dir, model):
     assert len(graphs) == len(ds.behaviors)
     for graph, behavior in zip(graphs, ds.behaviors):  # block k is behavior k, in the dataset's order
         pairs = np.unique(ds.train[behavior].user * ds.n_items + ds.train[behavior].item).size
-        assert graph.user_to_item.shape[1] == pairs
+        assert graph.n_edges == pairs
     outputs = tr.model()
     assert len(outputs) == (len(ds.behaviors) if model == "crgcn" else 1)
     for e_u, e_i in outputs:
         assert e_u.shape == (ds.n_users, 8) and e_i.shape == (ds.n_items, 8)
     reordered = ds.with_behaviors(["cart", "view"])  # the dataset's order wins: view, cart, buy
-    assert [g.user_to_item.shape[1] for g in make_trainer(reordered, _cfg(model), CPU).model.graphs] == [
+    assert [g.n_edges for g in make_trainer(reordered, _cfg(model), CPU).model.graphs] == [
         np.unique(reordered.train[b].user * ds.n_items + reordered.train[b].item).size for b in reordered.behaviors]
 
 

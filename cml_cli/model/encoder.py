@@ -82,16 +82,33 @@ class BehaviorEncoder(nn.Module):
 
 class LightGCNBehaviorEncoder(nn.Module):
     r"""CML's encoder with LightGCN's linear layers (``encoder=lightgcn``): no weights, no
-    activation, symmetrically normalised adjacencies :math:`\hat A_k = D_U^{-1/2} A_k D_I^{-1/2}`.
+    activation, symmetrically normalised adjacencies :math:`\hat A_k = D_{U,k}^{-1/2} A_k D_{I,k}^{-1/2}`.
     Per layer :math:`l` and behavior :math:`k`:
 
     .. math::
         S_U^{k,l+1} = \hat A_k H_I^l, \qquad H_U^{l+1} = \tfrac{1}{K} \textstyle\sum_k \hat A_k H_I^l
+        = \bar A H_I^l, \qquad H_I^{l+1} = \bar A^\top H_U^l
 
-    (items alike with :math:`\hat A_k^\top`), from :math:`H^0 = S^{k,0} = E`, and the mean over
+    with :math:`\bar A = \frac1K \sum_k \hat A_k`, from :math:`H^0 = S^{k,0} = E`, and the mean over
     layers including layer 0: :math:`e_u = \frac{1}{L+1}\sum_{l=0}^{L} H_U^l`,
-    :math:`e_u^k = \frac{1}{L+1}\sum_{l=0}^{L} S_U^{k,l}`, :math:`e_i = \frac{1}{L+1}\sum_l H_I^l`.
-    The graph must be built with ``norm='symmetric'``.
+    :math:`e_i = \frac{1}{L+1}\sum_l H_I^l` and, the layers being linear,
+
+    .. math::
+        e_u^k = \frac{1}{L+1}\sum_{l=0}^{L} S_U^{k,l} = \frac{1}{L+1}\Big(E_U + \hat A_k \sum_{l=0}^{L-1} H_I^l\Big).
+
+    So the aggregated embeddings are LightGCN over the one merged matrix :math:`\bar A`, and the
+    behavior-specific ones take one more product with the stacked :math:`[\hat A_1; \dots; \hat A_K]`:
+    :math:`2L + 1` sparse products of about the graph's size per forward pass, on ``[|U|, d]`` and
+    ``[|I|, d]`` inputs (not ``[K, |I|, d]``). The graph must be built with ``norm='symmetric'``.
+
+    Args:
+        n_users (int): Number of users :math:`|U|`.
+        n_items (int): Number of items :math:`|I|`.
+        dim (int): Embedding size :math:`d`.
+        layers (int): Propagation layers :math:`L`.
+
+    Shapes:
+        - **output:** ``e_u [|U|, d]``, ``e_i [|I|, d]``, ``e_u^k [K, |U|, d]``
     """
 
     def __init__(self, n_users: int, n_items: int, dim: int = 16, layers: int = 3):
@@ -106,18 +123,27 @@ class LightGCNBehaviorEncoder(nn.Module):
         nn.init.xavier_uniform_(self.item_emb)
 
     def layer_outputs(self, graph: BehaviorGraph) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-        """``H_U^l [|U|, d]``, ``H_I^l [|I|, d]`` and ``S_U^{k,l} [K, |U|, d]`` for l = 0..L."""
+        """``H_U^l [|U|, d]``, ``H_I^l [|I|, d]`` and ``S_U^{k,l} [K, |U|, d]`` for l = 0..L, one by one
+        (for diagnostics; :meth:`forward` does not keep them)."""
         h_u, h_i = self.user_emb, self.item_emb
         agg_u, agg_i, spec_u = [h_u], [h_i], [h_u.expand(graph.n_behaviors, -1, -1)]
         for _ in range(self.layers):
-            m_u, m_i = graph.to_users(h_i), graph.to_items(h_u)
-            h_u, h_i = m_u.mean(0), m_i.mean(0)
+            spec_u.append(graph.stacked_to_users(h_i))
+            h_u, h_i = graph.merged_to_users(h_i), graph.merged_to_items(h_u)
             agg_u.append(h_u)
             agg_i.append(h_i)
-            spec_u.append(m_u)
         return agg_u, agg_i, spec_u
 
     def forward(self, graph: BehaviorGraph) -> tuple[Tensor, Tensor, Tensor]:
         """Returns ``e_u [|U|, d]``, ``e_i [|I|, d]`` and ``e_u^k [K, |U|, d]``."""
-        agg_u, agg_i, spec_u = self.layer_outputs(graph)
-        return (torch.stack(agg_u).mean(0), torch.stack(agg_i).mean(0), torch.stack(spec_u).mean(0))
+        h_u, h_i = self.user_emb, self.item_emb
+        sum_u, inputs_i = h_u, h_i  # inputs_i: the item layers 0..L-1, the inputs of the user layers
+        for layer in range(self.layers):
+            h_u, h_i = graph.merged_to_users(h_i), graph.merged_to_items(h_u)
+            sum_u = sum_u + h_u
+            if layer < self.layers - 1:
+                inputs_i = inputs_i + h_i
+        scale = 1.0 / (self.layers + 1)
+        e_uk = (self.user_emb + graph.stacked_to_users(inputs_i)) * scale
+        e_i = (inputs_i + h_i) * scale if self.layers else inputs_i * scale
+        return sum_u * scale, e_i, e_uk
