@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +13,9 @@ from cml_cli.model.encoder import BehaviorEncoder, LightGCNBehaviorEncoder
 from cml_cli.model.losses import bpr_loss, info_nce, l2_reg
 from cml_cli.model.propagation import BehaviorGraph
 from cml_cli.model.weighting import MetaWeightNet
+
+Embeddings = tuple[Tensor, Tensor, Tensor]
+"""An encoder's output: ``e_u [|U|, d]``, ``e_i [|I|, d]``, ``e_u^k [K, |U|, d]``."""
 
 
 @dataclass
@@ -59,40 +63,54 @@ class CML(nn.Module):
         self.n_behaviors, self.dim = n_behaviors, dim
         self.reg, self.beta, self.contrastive = reg, beta, contrastive
 
-    def encode(self, graph: BehaviorGraph, params: dict[str, Tensor] | None = None):
-        """``e_u [|U|, d]``, ``e_i [|I|, d]``, ``e_u^k [K, |U|, d]``, optionally with other encoder params."""
+    def encode(self, graph: BehaviorGraph, params: dict[str, Tensor] | None = None,
+               held_out: tuple[Tensor, Tensor] | None = None) -> Embeddings:
+        """``e_u [|U|, d]``, ``e_i [|I|, d]``, ``e_u^k [K, |U|, d]``, optionally with other encoder
+        params and with the ``held_out`` edges (block coordinates) left out of ``graph``."""
+        if held_out is not None:
+            graph = graph.without(*held_out)
         if params is None:
             return self.encoder(graph)
         return functional_call(self.encoder, params, (graph,))
 
     def objective(self, graph: BehaviorGraph, batch: Batch, params: dict[str, Tensor] | None = None,
                   weighting: str = "meta") -> tuple[Tensor, dict[str, float]]:
-        """The weighted loss and its parts (as floats, for logging). The batch's ``held_out``
-        edges, if any, are removed from ``graph`` first."""
-        if batch.held_out is not None:
-            graph = graph.without(*batch.held_out)
-        e_u, e_i, e_uk = self.encode(graph, params)
+        """The weighted loss and its parts (as floats, for logging): :meth:`encode` (the batch's
+        ``held_out`` edges removed from ``graph``), then :meth:`loss`."""
+        return self.loss(self.encode(graph, params, batch.held_out), batch, weighting)
+
+    def loss(self, embeddings: Embeddings, batch: Batch,
+             weighting: str = "meta") -> tuple[Tensor, dict[str, float]]:
+        """The weighted loss of ``batch`` on the encoder's output ``embeddings`` (see the class)."""
+        e_u, e_i, e_uk = embeddings
         k_count = self.n_behaviors
+        lengths = [t.user.numel() for t in batch.triples]
+        users, slot = torch.unique(torch.cat([t.user for t in batch.triples]), return_inverse=True)
+        table_u = e_u[users]  # the batch's users once: the meta network reads them per user
+        slots = slot.split(lengths)
+        items = e_i[torch.cat([torch.cat([t.pos, t.neg]) for t in batch.triples])]
+        rows_i = items.split([2 * n for n in lengths])
+        rows_u = [table_u[s] for s in slots]
         bpr_total = e_u.new_zeros(())
-        for k, t in enumerate(batch.triples):
+        for k, (t, eu, ei, s) in enumerate(zip(batch.triples, rows_u, rows_i, slots)):
             if t.user.numel() == 0:
                 continue
-            eu = e_u[t.user]
-            loss = bpr_loss((eu * e_i[t.pos]).sum(-1), (eu * e_i[t.neg]).sum(-1))
-            w = self._weights("bpr", weighting, loss, eu, e_uk[k][t.user])
+            pos, neg = ei.chunk(2)
+            loss = bpr_loss((eu * pos).sum(-1), (eu * neg).sum(-1))
+            w = self._weights("bpr", weighting, loss, table_u, e_uk[k][users], s)
             bpr_total = bpr_total + (w * loss).sum()
         bpr_total = bpr_total / k_count
 
-        tgt = batch.triples[-1]
-        reg_total = l2_reg(e_u[tgt.user], e_i[tgt.pos], e_i[tgt.neg])
+        target_pos, target_neg = rows_i[-1].chunk(2)
+        reg_total = l2_reg(rows_u[-1], target_pos, target_neg)
 
         cl_total = e_u.new_zeros(())
-        users = batch.ssl_users
-        if self.contrastive and self.beta != 0 and users.numel() >= 2:
-            spec = e_uk[:, users]
+        ssl = batch.ssl_users
+        if self.contrastive and self.beta != 0 and ssl.numel() >= 2:
+            spec = e_uk[:, ssl]
             losses = info_nce(spec[-1].expand_as(spec), spec, tau=float(self.dim))
             for k in range(k_count):
-                w = self._weights("cl", weighting, losses[k], spec[k], e_u[users])
+                w = self._weights("cl", weighting, losses[k], spec[k], e_u[ssl])
                 cl_total = cl_total + (w * losses[k]).sum()
             cl_total = cl_total / k_count
 
@@ -101,14 +119,14 @@ class CML(nn.Module):
                  (("loss", total), ("bpr", bpr_total), ("reg", reg_total), ("cl", cl_total))}
         return total, parts
 
-    def _weights(self, kind: str, weighting: str, loss: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    def _weights(self, kind: str, weighting: str, loss: Tensor, a: Tensor, b: Tensor,
+                 index: Tensor | None = None) -> Tensor:
         if weighting == "none":
             return torch.ones_like(loss)
-        fn = self.weigher.bpr if kind == "bpr" else self.weigher.contrastive
-        if weighting == "frozen":
-            with torch.no_grad():
-                return fn(loss, a, b)
-        return fn(loss, a, b)
+        with torch.no_grad() if weighting == "frozen" else contextlib.nullcontext():
+            if kind == "bpr":
+                return self.weigher.bpr(loss, a, b, index)
+            return self.weigher.contrastive(loss, a, b)
 
     @torch.no_grad()
     def embeddings(self, graph: BehaviorGraph) -> tuple[Tensor, Tensor]:

@@ -45,17 +45,38 @@ class MetaWeightNet(nn.Module):
         self.bpr1, self.bpr2, self.bpr3 = nn.Linear(3 * dim, hidden), nn.Linear(hidden, 1), nn.Linear(dim, 1)
         self.prelu = nn.PReLU()
         self.bn = nn.BatchNorm1d(1)
-        self.dropout = nn.Dropout(dropout)
+        self.rate = dropout
+
+    def dropout(self, x: Tensor) -> Tensor:
+        """Dropout at rate ``rate`` in training mode: ``x * m / (1 - rate)``, ``m ~ Bernoulli(1 - rate)``,
+        the mask drawn with ``torch.rand`` (about three times faster on CPU than ``F.dropout``'s
+        ``bernoulli_``)."""
+        if not self.training or self.rate == 0:
+            return x
+        keep = torch.rand_like(x).ge_(self.rate)
+        return x * keep.mul_(1.0 / (1.0 - self.rate))
 
     def _norm(self, x: Tensor) -> Tensor:
         if x.shape[0] > 1 or not self.training:
             return self.bn(x)
         return F.batch_norm(x, self.bn.running_mean, self.bn.running_var, self.bn.weight, self.bn.bias, False)
 
-    def _first(self, z1: Tensor, lin1: nn.Linear, lin2: nn.Linear) -> Tensor:
-        a = self.dropout(self.prelu(lin1(z1)))
+    def _first(self, loss: Tensor, x: Tensor, y: Tensor, index: Tensor | None, lin1: nn.Linear,
+               lin2: nn.Linear) -> Tensor:
+        """:math:`w_1` of ``z_1 = [loss 1_d || x[index] || y[index]]``: ``lin1`` applied block-wise, the
+        loss block as a rank-one term and the ``x``, ``y`` blocks once per row of ``x``, ``y``."""
+        d, weight = self.dim, lin1.weight
+        rows = F.linear(x, weight[:, d:2 * d]) + F.linear(y, weight[:, 2 * d:], lin1.bias)
+        hidden = torch.addcmul(rows if index is None else rows[index], loss[:, None], weight[:, :d].sum(1))
+        a = self.dropout(self.prelu(hidden))
         a = math.sqrt(3 * self.dim) * self.dropout(lin2(a))
         return torch.sigmoid(self._norm(a))
+
+    def _second(self, loss: Tensor, z: Tensor, index: Tensor | None, lin3: nn.Linear) -> Tensor:
+        """:math:`w_2` of ``z_2 = loss * z[index]``: ``lin3(l z) = l (W z) + b``, ``W z`` once per row of ``z``."""
+        rows = F.linear(z, lin3.weight)
+        a = torch.addcmul(lin3.bias, loss[:, None], rows if index is None else rows[index])
+        return torch.sigmoid(self._norm(self.dropout(self.prelu(a))))
 
     def contrastive(self, loss: Tensor, e_uk: Tensor, e_u: Tensor) -> Tensor:
         r""":math:`w_{cl}` of contrastive losses.
@@ -68,23 +89,24 @@ class MetaWeightNet(nn.Module):
         Returns:
             Tensor: the weights, shape ``[n]``, in :math:`(0, 1)`.
         """
-        ell = loss[:, None]
-        w1 = self._first(torch.cat([ell.expand(-1, self.dim), e_uk, e_u], dim=1), self.cl1, self.cl2)
-        w2 = torch.sigmoid(self._norm(self.dropout(self.prelu(self.cl3(ell * torch.cat([e_uk, e_u], dim=1))))))
+        w1 = self._first(loss, e_uk, e_u, None, self.cl1, self.cl2)
+        w2 = self._second(loss, torch.cat([e_uk, e_u], dim=1), None, self.cl3)
         return ((w1 + w2) / 2).squeeze(1)
 
-    def bpr(self, loss: Tensor, e_u: Tensor, e_uk: Tensor) -> Tensor:
+    def bpr(self, loss: Tensor, e_u: Tensor, e_uk: Tensor, index: Tensor | None = None) -> Tensor:
         r""":math:`w_{bpr}` of BPR losses.
 
         Args:
             loss (Tensor): :math:`\ell_{bpr}` of each example, shape ``[n]``.
-            e_u (Tensor): the examples' users' aggregated embeddings :math:`e_u`, shape ``[n, d]``.
-            e_uk (Tensor): their behavior-:math:`k` embeddings :math:`e_u^k`, shape ``[n, d]``.
+            e_u (Tensor): users' aggregated embeddings :math:`e_u`, shape ``[m, d]``.
+            e_uk (Tensor): their behavior-:math:`k` embeddings :math:`e_u^k`, shape ``[m, d]``.
+            index (Tensor, optional): the row of ``e_u`` and ``e_uk`` of each example's user, shape
+                ``[n]`` (default: row :math:`j` for example :math:`j`, :math:`m = n`). The first layers
+                then run once per user rather than once per example.
 
         Returns:
             Tensor: the weights, shape ``[n]``, in :math:`(0, 2)`.
         """
-        ell = loss[:, None]
-        w1 = self._first(torch.cat([ell.expand(-1, self.dim), e_u, e_uk], dim=1), self.bpr1, self.bpr2)
-        w2 = torch.sigmoid(self._norm(self.dropout(self.prelu(self.bpr3(ell * e_u)))))
+        w1 = self._first(loss, e_u, e_uk, index, self.bpr1, self.bpr2)
+        w2 = self._second(loss, e_u, index, self.bpr3)
         return (w1 + w2).squeeze(1)
