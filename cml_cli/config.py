@@ -31,6 +31,11 @@ class RunConfig:
     """Stop after this many epochs without a better validation NDCG@10 (0: never stop early)."""
     batch: int = 4096
     """Target-behavior training pairs per mini-batch."""
+    max_batches: int = 0
+    """At most this many mini-batches per epoch (0: no bound). Where an epoch's training pairs make
+    more batches of ``batch``, the batch grows to ceil(pairs / max_batches) and the learning rate
+    (``lr``, ``max_lr``) by the square root of the growth, so an epoch takes a bounded number of
+    full-graph passes and its cost grows linearly with the data (see :meth:`RunConfig.batching`)."""
     dim: int = 16
     """Embedding size d."""
     layers: int = 3
@@ -94,6 +99,9 @@ class RunConfig:
     """Gradient-norm clipping."""
     meta: bool = True
     """Meta contrastive encoding: the meta weight network and the three-step update (false: w/o MCE)."""
+    meta_every: int = 1
+    """Run the virtual and meta steps on every k-th mini-batch only (1: every batch, the paper's
+    schedule); the other batches take the real step with the meta network as it stands."""
     meta_grad: str = "first-order"
     """``first-order`` (the reference's shortcut) or ``second-order`` (the bilevel gradient)."""
     meta_sampling: str = "intended"
@@ -148,6 +156,15 @@ class RunConfig:
             raise InputError("ks: need at least one cut-off")
         return self
 
+    def batching(self, pairs: int) -> tuple[int, float]:
+        r"""The mini-batch size and learning-rate factor for an epoch over ``pairs`` training pairs:
+        ``(batch, 1)``, or with ``max_batches`` = :math:`M` and :math:`\lceil pairs / batch \rceil > M`,
+        :math:`(b, \sqrt{b / batch})` with :math:`b = \lceil pairs / M \rceil`."""
+        if not self.max_batches or -(-pairs // self.batch) <= self.max_batches:
+            return self.batch, 1.0
+        grown = -(-pairs // self.max_batches)
+        return grown, math.sqrt(grown / self.batch)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -178,7 +195,7 @@ INT_BOUNDS: dict[str, tuple[int, int]] = {
     "cycle_up": (1, _LONG), "cycle_down": (1, _LONG), "meta_cycle_up": (1, _LONG), "meta_cycle_down": (1, _LONG),
     "batch": (1, 2**20), "eval_batch": (1, 2**16), "dim": (1, 1024), "layers": (1, 16), "block_layers": (1, 16),
     "meta_batch": (1, 2**16), "samp_num": (1, 1000), "aux_samples": (1, 100), "knn_k": (0, 2**31 - 1),
-    "ks": (1, 2**31 - 1), "seed": (0, SEED_MAX),
+    "ks": (1, 2**31 - 1), "seed": (0, SEED_MAX), "meta_every": (1, _LONG), "max_batches": (0, _LONG),
 }
 # Float keys: (low, high, low included, high included); every float must also be finite.
 _POSITIVE, _NON_NEGATIVE = (0.0, math.inf, False, False), (0.0, math.inf, True, False)
@@ -195,7 +212,7 @@ FLOAT_BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
 CML_ONLY_KEYS = frozenset({
     "max_lr", "cycle_up", "cycle_down", "wd", "meta_lr", "meta_max_lr", "meta_cycle_up", "meta_cycle_down",
     "meta_wd", "meta_optimizer", "meta_momentum", "beta", "ssl_ratio", "meta_batch", "samp_num", "aux_samples",
-    "meta_dropout", "clip", "meta", "meta_grad", "meta_sampling", "virtual_lr", "contrastive", "encoder", "adj",
+    "meta_dropout", "clip", "meta", "meta_every", "meta_grad", "meta_sampling", "virtual_lr", "contrastive", "encoder", "adj",
     "act", "ego", "hold_out",
 })
 

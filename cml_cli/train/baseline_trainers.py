@@ -122,8 +122,9 @@ class BPRTrainer:
                  behaviors: list[int] | None = None):
         self.cfg, self.device = cfg, device
         self.model = model.to(device)
-        self.sampler = TripleSampler(ds, cfg.batch, behaviors)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        size, factor = cfg.batching(len(ds.train[ds.target]))
+        self.sampler = TripleSampler(ds, size, behaviors)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr * factor, fused=True)  # one kernel per table
 
     def batches(self, rng: np.random.Generator) -> list[np.ndarray]:
         return self.sampler.epoch(rng)

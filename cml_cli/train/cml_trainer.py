@@ -13,7 +13,7 @@ from cml_cli.data.dataset import MultiBehaviorDataset
 from cml_cli.data.sampling import TripleSampler
 from cml_cli.errors import NonFiniteLoss
 from cml_cli.evaluate import EmbeddingScorer
-from cml_cli.model.cml import CML, Batch, Triples
+from cml_cli.model.cml import CML, Batch, Embeddings, Triples
 from cml_cli.model.propagation import BehaviorGraph
 
 ADAM_EPS = 1e-8
@@ -30,7 +30,8 @@ class CMLSampler:
 
     def __init__(self, ds: MultiBehaviorDataset, cfg: RunConfig, device: torch.device):
         self.cfg, self.device = cfg, device
-        self.triples = TripleSampler(ds, cfg.batch, list(range(len(ds.behaviors))), cfg.aux_samples)
+        self.batch_size, self.lr_factor = cfg.batching(len(ds.train[ds.target]))
+        self.triples = TripleSampler(ds, self.batch_size, list(range(len(ds.behaviors))), cfg.aux_samples)
         self.index = [self.triples.index[k] for k in range(len(ds.behaviors))]
         self.meta_users = ds.meta_users
         self.n_users, self.n_items = ds.n_users, ds.n_items
@@ -119,28 +120,35 @@ class CMLTrainer:
                          cfg.reg, cfg.beta, cfg.contrastive, cfg.act, cfg.ego, cfg.encoder).to(device)
         self.sampler = CMLSampler(ds, cfg, device)
         enc, weigher = self.model.encoder.parameters(), self.model.weigher.parameters()
-        self.opt = torch.optim.AdamW(enc, lr=cfg.lr, weight_decay=cfg.wd)
+        lr, max_lr = cfg.lr * self.sampler.lr_factor, cfg.max_lr * self.sampler.lr_factor
+        self.opt = torch.optim.AdamW(enc, lr=lr, weight_decay=cfg.wd, fused=True)  # one kernel per table
         if cfg.meta_optimizer == "sgd":
             self.meta_opt = torch.optim.SGD(weigher, lr=cfg.meta_lr, momentum=cfg.meta_momentum, nesterov=True,
                                             weight_decay=cfg.meta_wd)
         else:
             self.meta_opt = torch.optim.AdamW(weigher, lr=cfg.meta_lr, weight_decay=cfg.meta_wd)
-        self.sched = cyclic(self.opt, cfg.lr, cfg.max_lr, cfg.cycle_up, cfg.cycle_down)
+        self.sched = cyclic(self.opt, lr, max_lr, cfg.cycle_up, cfg.cycle_down)
         self.meta_sched = cyclic(self.meta_opt, cfg.meta_lr, cfg.meta_max_lr, cfg.meta_cycle_up, cfg.meta_cycle_down)
         self.meta_pointer = 0
+        self.step = 0
 
     def batches(self, rng: np.random.Generator) -> list[np.ndarray]:
         return self.sampler.epoch(rng)
 
     def train_batch(self, rows: np.ndarray, rng: np.random.Generator) -> dict[str, float]:
         batch = self.sampler.batch(rows, rng)
-        if self.cfg.meta:
+        meta_now = self.cfg.meta and self.step % self.cfg.meta_every == 0
+        self.step += 1
+        # The virtual step and the real step see the same encoder parameters: one forward pass
+        # serves both (the meta network, which differs between them, runs on its output).
+        embeddings = self.model.encode(self.graph, held_out=batch.held_out)
+        if meta_now:
             meta_batch, self.meta_pointer = self.sampler.meta_batch(self.meta_pointer, rng)
             if self.cfg.meta_grad == "second-order":
-                self._second_order(batch, meta_batch)
+                self._second_order(batch, meta_batch, embeddings)
             else:
-                self._first_order(batch, meta_batch)
-        return self._real_step(batch)
+                self._first_order(batch, meta_batch, embeddings)
+        return self._real_step(batch, embeddings)
 
     def end_epoch(self) -> None:
         self.sched.step()
@@ -157,38 +165,43 @@ class CMLTrainer:
         self.meta_opt.step()
         self.meta_opt.zero_grad(set_to_none=True)
 
-    def _first_order(self, batch: Batch, meta_batch: Batch) -> None:
+    def _encoded(self, batch: Batch, embeddings: Embeddings | None) -> Embeddings:
+        return embeddings if embeddings is not None else self.model.encode(self.graph, held_out=batch.held_out)
+
+    def _first_order(self, batch: Batch, meta_batch: Batch, embeddings: Embeddings | None = None) -> None:
         names, live = zip(*self.model.encoder.named_parameters())
-        copy = [p.detach().clone().requires_grad_(True) for p in live]
-        loss, _ = self.model.objective(self.graph, batch, dict(zip(names, copy)), weighting="meta")
+        loss, _ = self.model.loss(self._encoded(batch, embeddings), batch, weighting="meta")
         self._check(loss, "virtual step")
         meta_params = self._meta_params()
-        grads = torch.autograd.grad(loss, copy + meta_params, allow_unused=True)
-        g_enc = [torch.zeros_like(p) if g is None else g for p, g in zip(copy, grads[:len(copy)])]
+        grads = torch.autograd.grad(loss, list(live) + meta_params, allow_unused=True, retain_graph=True)
+        g_enc = [torch.zeros_like(p) if g is None else g for p, g in zip(live, grads[:len(live)])]
         scale = _clip_scale(g_enc, self.cfg.clip)
         lr, wd = self.opt.param_groups[0]["lr"], self.opt.param_groups[0]["weight_decay"]
         with torch.no_grad():
-            virtual = {n: p * (1 - lr * wd) - lr * (g * scale) / ((g * scale).abs() + ADAM_EPS)
-                       for n, p, g in zip(names, copy, g_enc)}
-        self._step_meta(grads[len(copy):])
+            # a fresh AdamW's first step on the clipped gradient c g: p (1 - lr wd) - lr c g / (|c g| + eps),
+            # written as lr g / (|g| + eps / c) in three passes over each table
+            virtual = {n: (p * (1 - lr * wd)).addcdiv_(g, g.abs().add_(ADAM_EPS / scale), value=-lr)
+                       for n, p, g in zip(names, live, g_enc)}
+        self._step_meta(grads[len(live):])
         meta_loss, _ = self.model.objective(self.graph, meta_batch, virtual, weighting="meta")
         self._check(meta_loss, "meta step")
         self._step_meta(torch.autograd.grad(0.5 * meta_loss, meta_params, allow_unused=True))
 
-    def _second_order(self, batch: Batch, meta_batch: Batch) -> None:
+    def _second_order(self, batch: Batch, meta_batch: Batch, embeddings: Embeddings | None = None) -> None:
         names, live = zip(*self.model.encoder.named_parameters())
-        loss, _ = self.model.objective(self.graph, batch, dict(zip(names, live)), weighting="meta")
+        loss, _ = self.model.loss(self._encoded(batch, embeddings), batch, weighting="meta")
         self._check(loss, "virtual step")
         grads = torch.autograd.grad(loss, live, create_graph=True, allow_unused=True)
         alpha = self.cfg.virtual_lr or self.opt.param_groups[0]["lr"]
         virtual = {n: p - alpha * (torch.zeros_like(p) if g is None else g) for n, p, g in zip(names, live, grads)}
         meta_loss, _ = self.model.objective(self.graph, meta_batch, virtual, weighting="meta")
         self._check(meta_loss, "meta step")
-        self._step_meta(torch.autograd.grad(0.5 * meta_loss, self._meta_params(), allow_unused=True))
+        self._step_meta(torch.autograd.grad(0.5 * meta_loss, self._meta_params(), allow_unused=True, retain_graph=True))
 
-    def _real_step(self, batch: Batch) -> dict[str, float]:
+    def _real_step(self, batch: Batch, embeddings: Embeddings | None = None) -> dict[str, float]:
         self.opt.zero_grad(set_to_none=True)
-        loss, parts = self.model.objective(self.graph, batch, weighting="frozen" if self.cfg.meta else "none")
+        weighting = "frozen" if self.cfg.meta else "none"
+        loss, parts = self.model.loss(self._encoded(batch, embeddings), batch, weighting=weighting)
         self._check(loss, "real step")
         loss.backward()
         clip_grad_norm_(self.model.encoder.parameters(), self.cfg.clip)
@@ -217,7 +230,7 @@ class CMLTrainer:
         return {
             "model": self.model.state_dict(), "opt": self.opt.state_dict(), "meta_opt": self.meta_opt.state_dict(),
             "sched": self.sched.state_dict(), "meta_sched": self.meta_sched.state_dict(),
-            "meta_pointer": self.meta_pointer,
+            "meta_pointer": self.meta_pointer, "step": self.step,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -227,6 +240,7 @@ class CMLTrainer:
         self.sched.load_state_dict(state["sched"])
         self.meta_sched.load_state_dict(state["meta_sched"])
         self.meta_pointer = int(state["meta_pointer"])
+        self.step = int(state.get("step", 0))
 
 
 def _clip_scale(grads: list[Tensor], max_norm: float) -> float:
