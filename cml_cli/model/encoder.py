@@ -62,11 +62,14 @@ class BehaviorEncoder(nn.Module):
         h_u, h_i = self.user_emb, self.item_emb
         agg_u, agg_i, spec_u = ([h_u], [h_i], [h_u.expand(graph.n_behaviors, -1, -1)]) if self.ego else ([], [], [])
         for layer in range(self.layers):
-            m_u = graph.to_users(h_i) @ self.w_user[layer]
-            m_i = graph.to_items(h_u) @ self.w_item[layer]
+            # A_k H W = A_k (H W): the weights first, then one product for all K (users) and the
+            # merged mean (items: only their mean over the behaviors is kept)
+            m_u = graph.stacked_to_users(h_i @ self.w_user[layer])
+            x_u = h_u @ self.w_item[layer]
+            m_i = graph.to_items(x_u).mean(0) if graph.norm == "mean" else graph.merged_to_items(x_u)
             spec_u.append(self.act(m_u))
             h_u = self.act(m_u.mean(0))
-            h_i = self.act(m_i.mean(0))
+            h_i = self.act(m_i)
             agg_u.append(h_u)
             agg_i.append(h_i)
         return agg_u, agg_i, spec_u
