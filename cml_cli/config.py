@@ -248,7 +248,8 @@ PAPER_PRESETS: dict[str, dict[str, Any]] = {
                          meta_optimizer="sgd", meta_momentum=0.95, reg=1e-2, beta=0.005, samp_num=40,
                          epochs=200, patience=100),
 }
-# The project's presets: the paper's values (spec §7) with what measurement on the
+# The project's presets: the paper's values (its Section 4.1 and the authors' published
+# commands) with what measurement on the
 # validation split showed CML needs to rank more than one list for everyone
 # (experiments/results/collapse.md): the LightGCN backbone (linear, normalised layers with
 # the layer-0 embeddings: the paper's encoder saturates and collapses in its deeper layers),

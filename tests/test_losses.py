@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cml_cli.model.cml import CML, Batch, Triples
+from cml_cli.model.cml import CML, Batch, CMLOptions, Triples
 from cml_cli.model.losses import bpr_loss, info_nce, l2_reg
 from cml_cli.model.propagation import BehaviorGraph
 
@@ -86,7 +86,7 @@ def test_cml_objective_unweighted_matches_direct_computation(norm):
     torch.manual_seed(0)
     graph = _three_user_graph(norm)
     reg, beta, dim = 0.01, 0.5, 4
-    model = CML(3, 4, 2, dim=dim, layers=2, dropout=0.0, reg=reg, beta=beta)
+    model = CML(3, 4, 2, CMLOptions(dim=dim, layers=2, dropout=0.0, reg=reg, beta=beta))
     batch = _batch()
     loss, parts = model.objective(graph, batch, weighting="none")
 
@@ -124,8 +124,8 @@ def test_cml_objective_unweighted_matches_direct_computation(norm):
 def test_cml_objective_without_contrastive_drops_cl_term():
     torch.manual_seed(0)
     graph = _three_user_graph("symmetric")
-    with_cl = CML(3, 4, 2, dim=4, layers=2, dropout=0.0, reg=0.01, beta=0.5)
-    without = CML(3, 4, 2, dim=4, layers=2, dropout=0.0, reg=0.01, beta=0.5, contrastive=False)
+    with_cl = CML(3, 4, 2, CMLOptions(dim=4, layers=2, dropout=0.0, reg=0.01, beta=0.5))
+    without = CML(3, 4, 2, CMLOptions(dim=4, layers=2, dropout=0.0, reg=0.01, beta=0.5, contrastive=False))
     without.load_state_dict(with_cl.state_dict())
     batch = _batch()
     full, p_full = with_cl.objective(graph, batch, weighting="none")

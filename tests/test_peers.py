@@ -10,7 +10,7 @@ from torch_geometric.nn.models import LightGCN
 
 from cml_cli.config import RunConfig, resolve_config
 from cml_cli.data.preprocess import preprocess
-from cml_cli.model.cml import CML, Batch, Triples
+from cml_cli.model.cml import CML, Batch, CMLOptions, Triples
 from cml_cli.model.encoder import LightGCNBehaviorEncoder
 from cml_cli.model.propagation import BehaviorGraph, lightgcn
 from cml_cli.registry import make_trainer
@@ -88,7 +88,7 @@ def test_lightgcn_encoder_shapes_and_layer_mean():
 def test_lightgcn_encoder_one_step_lowers_the_loss():
     torch.manual_seed(0)
     graph, batch = _tiny_cml_batch()
-    model = CML(7, 9, 2, dim=8, layers=2, beta=0.01, encoder="lightgcn")
+    model = CML(7, 9, 2, CMLOptions(dim=8, layers=2, beta=0.01, encoder="lightgcn"))
     opt = torch.optim.SGD(model.encoder.parameters(), lr=0.5)
     before, _ = model.objective(graph, batch, weighting="none")
     before.backward()

@@ -1,9 +1,11 @@
-"""CML as one module: encoder + meta weight network + the weighted objective (spec §3-4)."""
+"""CML as one module: a behavior-aware encoder, the meta weight network and the weighted
+objective of "Contrastive Meta Learning with Behavior Multiplicity for Recommendation"
+(Wei et al., WSDM 2022, https://arxiv.org/abs/2202.08523)."""
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -40,28 +42,65 @@ class Batch:
     held_out: tuple[Tensor, Tensor] | None = None
 
 
+@dataclass(frozen=True)
+class CMLOptions:
+    """CML's hyperparameters (the matching ``RunConfig`` keys say what each does)."""
+
+    dim: int = 16
+    layers: int = 3
+    dropout: float = 0.8
+    reg: float = 1e-3
+    beta: float = 0.005
+    contrastive: bool = True
+    encoder: str = "cml"
+    encoder_options: dict = field(default_factory=dict)
+    """For ``encoder='cml'``: ``act`` and ``ego`` of :class:`BehaviorEncoder`."""
+
+
 class CML(nn.Module):
-    r"""The CML objective for a batch of size :math:`B`:
+    r"""CML from `"Contrastive Meta Learning with Behavior Multiplicity for Recommendation"
+    <https://arxiv.org/abs/2202.08523>`_ (Wei et al., WSDM 2022): an encoder gives users and
+    items embeddings :math:`e_u, e_i` and every user behavior-specific ones :math:`e_u^k`; the
+    score is :math:`\hat x_{ui} = e_u \cdot e_i`. For a batch of :math:`B` target pairs, with
+    BPR examples of every behavior :math:`k`, contrastive users :math:`S` and weights :math:`w`:
 
     .. math::
         L = \frac{1}{B}\Big(\frac{1}{K}\sum_k \sum w_{bpr}\,\ell_{bpr}
             + \mathrm{reg}\, L_{reg} + \beta \frac{1}{K}\sum_k \sum_{u \in S} w_{cl}\,\ell^k_{cl}(u)\Big)
 
-    with weights from :class:`MetaWeightNet` (``weighting='meta'``), the network under
-    ``torch.no_grad`` (``'frozen'``), or all weights 1 (``'none'``, the w/o MCE ablation).
-    ``encoder='cml'`` is the paper's encoder (:class:`BehaviorEncoder`), ``'lightgcn'`` the
-    linear backbone (:class:`LightGCNBehaviorEncoder`); the objective is the same.
+    where :math:`\ell_{bpr} = -\log\sigma(\hat x_{ui^+} - \hat x_{ui^-})`,
+    :math:`\ell^k_{cl}(u)` is the InfoNCE loss between :math:`e_u^K` (the target behavior's) and
+    :math:`e_u^k` with the other users of :math:`S` as negatives (temperature :math:`d`), and
+    :math:`L_{reg}` the squared norms of the target triples' embeddings. The weights come from
+    :class:`~cml_cli.model.weighting.MetaWeightNet` (``weighting='meta'``), from it without
+    gradients (``'frozen'``, the real step), or are all 1 (``'none'``, the w/o MCE ablation).
+    ``encoder='cml'`` is the paper's encoder (:class:`~cml_cli.model.encoder.BehaviorEncoder`),
+    ``'lightgcn'`` LightGCN's linear layers
+    (:class:`~cml_cli.model.encoder.LightGCNBehaviorEncoder`), which the project's presets use
+    because the paper's collapses to one ranking for everyone (``experiments/results/collapse.md``);
+    the objective is the same. Deviations from the paper: the temperature, the shapes of the
+    weight network and the normaliser :math:`B` follow the authors' code, which the paper leaves
+    open; the positive pair is left out of InfoNCE's denominator.
+
+    Args:
+        n_users (int): Number of users :math:`|U|`.
+        n_items (int): Number of items :math:`|I|`.
+        n_behaviors (int): Number of behaviors :math:`K` (the target last).
+        options (CMLOptions, optional): The hyperparameters.
+
+    Shapes:
+        - :meth:`encode` output: ``e_u [|U|, d]``, ``e_i [|I|, d]``, ``e_u^k [K, |U|, d]``
+        - :meth:`loss` output: a scalar and its parts as floats
     """
 
-    def __init__(self, n_users: int, n_items: int, n_behaviors: int, dim: int = 16, layers: int = 3,
-                 dropout: float = 0.8, reg: float = 1e-3, beta: float = 0.005, contrastive: bool = True,
-                 act: str = "sigmoid", ego: bool = False, encoder: str = "cml"):
+    def __init__(self, n_users: int, n_items: int, n_behaviors: int, options: CMLOptions | None = None):
         super().__init__()
-        self.encoder = (LightGCNBehaviorEncoder(n_users, n_items, dim, layers) if encoder == "lightgcn"
-                        else BehaviorEncoder(n_users, n_items, dim, layers, act, ego))
-        self.weigher = MetaWeightNet(dim, dropout)
-        self.n_behaviors, self.dim = n_behaviors, dim
-        self.reg, self.beta, self.contrastive = reg, beta, contrastive
+        o = options or CMLOptions()
+        self.encoder = (LightGCNBehaviorEncoder(n_users, n_items, o.dim, o.layers) if o.encoder == "lightgcn"
+                        else BehaviorEncoder(n_users, n_items, o.dim, o.layers, **o.encoder_options))
+        self.weigher = MetaWeightNet(o.dim, o.dropout)
+        self.n_behaviors, self.dim = n_behaviors, o.dim
+        self.reg, self.beta, self.contrastive = o.reg, o.beta, o.contrastive
 
     def encode(self, graph: BehaviorGraph, params: dict[str, Tensor] | None = None,
                held_out: tuple[Tensor, Tensor] | None = None) -> Embeddings:

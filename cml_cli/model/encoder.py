@@ -1,4 +1,5 @@
-"""CML's behavior-aware graph encoders: the paper's (spec §2) and a LightGCN backbone.
+"""CML's behavior-aware graph encoders: the paper's (Wei et al., WSDM 2022, Section 3.1,
+https://arxiv.org/abs/2202.08523) and a LightGCN backbone.
 
 Both return the aggregated embeddings ``e_u``, ``e_i`` and the users' behavior-specific
 ``e_u^k`` that the contrastive loss and the meta network read; both propagate through
@@ -14,7 +15,10 @@ from cml_cli.model.propagation import BehaviorGraph
 
 
 class BehaviorEncoder(nn.Module):
-    r"""Per layer :math:`l` and behavior :math:`k`:
+    r"""The encoder of `"Contrastive Meta Learning with Behavior Multiplicity for
+    Recommendation" <https://arxiv.org/abs/2202.08523>`_ (Wei et al., WSDM 2022), Eq. 1-2.
+    Per layer :math:`l` and behavior :math:`k`, with the adjacency :math:`A_k` of ``graph``
+    (normalised as the graph's ``norm`` says; the paper's equations use plain sums, ``'none'``):
 
     .. math::
         S_U^{k,l+1} = \sigma(A_k H_I^l W_U^l), \qquad
@@ -32,6 +36,20 @@ class BehaviorEncoder(nn.Module):
     :math:`e_u^k = [E_U \| S_U^{k,1} \| \dots \| S_U^{k,L}] P_U` (items alike), so the score
     :math:`e_u \cdot e_i` contains item-to-item terms :math:`H_U^1 \cdot E_I` between the items a
     user touched and the candidate, as in LightGCN/NGCF, which also keep the ego embedding.
+
+    Deviations: the projection :math:`P` and the mean over behaviors follow the authors' code
+    (the paper writes a sum); :math:`A_k H W` is computed as :math:`A_k (H W)`, the same value.
+
+    Args:
+        n_users (int): Number of users :math:`|U|`.
+        n_items (int): Number of items :math:`|I|`.
+        dim (int): Embedding size :math:`d`.
+        layers (int): Layers :math:`L`.
+        act (str): ``'sigmoid'`` (the paper's) or ``'tanh'``.
+        ego (bool): Feed the layer-0 tables into the projection.
+
+    Shapes:
+        - **output:** ``e_u [|U|, d]``, ``e_i [|I|, d]``, ``e_u^k [K, |U|, d]``
     """
 
     def __init__(self, n_users: int, n_items: int, dim: int = 16, layers: int = 3, act: str = "sigmoid",

@@ -1,4 +1,5 @@
-"""CML's trainer: vectorised batch sampling and the three-step meta update (spec §5)."""
+"""CML's trainer: vectorised batch sampling and the three-step meta update of Wei et al.
+(WSDM 2022, https://arxiv.org/abs/2202.08523), Section 3.3 and Algorithm 1."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from cml_cli.data.dataset import MultiBehaviorDataset
 from cml_cli.data.sampling import TripleSampler
 from cml_cli.errors import NonFiniteLoss
 from cml_cli.evaluate import EmbeddingScorer
-from cml_cli.model.cml import CML, Batch, Embeddings, Triples
+from cml_cli.model.cml import CML, Batch, CMLOptions, Embeddings, Triples
 from cml_cli.model.propagation import BehaviorGraph
 
 ADAM_EPS = 1e-8
@@ -51,7 +52,9 @@ class CMLSampler:
         return self._tensor(rng.choice(unique, size=min(size, len(unique)), replace=False))
 
     def batch(self, rows: np.ndarray, rng: np.random.Generator) -> Batch:
-        """BPR triples for every behavior from the target pairs ``rows`` (spec §3)."""
+        """BPR triples for every behavior from the target pairs ``rows``: the target pairs with one
+        negative each, and ``aux_samples`` positives (with negatives) of every other behavior for
+        each of their users."""
         triples = [Triples(*map(self._tensor, t)) for t in self.triples.triples(rows, rng)]
         return Batch(triples, self._ssl_users(self.triples.user[rows], rng), len(rows),
                      self._held_out(triples, list(range(len(triples)))))
@@ -98,15 +101,19 @@ class CMLSampler:
 
 
 class CMLTrainer:
-    """Owns the model, optimizers and schedulers; one call of :meth:`train_epoch` is one epoch.
+    """Owns the model, optimizers and schedulers (the :class:`~cml_cli.train.trainer.Trainer`
+    contract): :meth:`train_batch` is one mini-batch.
 
-    Per mini-batch (``meta=True``):
+    Per mini-batch, on every ``meta_every``-th batch (``meta=True``):
 
     1. virtual step: :math:`\\Theta'_G` = one fresh-AdamW step of a copy of :math:`\\Theta_G`
        (``first-order``; :math:`\\Theta_M` also takes a step) or
        :math:`\\Theta'_G = \\Theta_G - \\alpha \\nabla L` kept differentiable (``second-order``);
     2. meta step: :math:`0.5\\,L_{meta}(\\Theta'_G, \\Theta_M)` updates :math:`\\Theta_M` only;
     3. real step: :math:`L(\\Theta_G)` with :math:`\\Theta_M` frozen updates :math:`\\Theta_G`.
+
+    The other batches take the real step only. Steps 1 and 3 read the encoder at the same
+    :math:`\\Theta_G`, so one forward pass serves both (each backpropagates its own loss).
     """
 
     trainable = True
@@ -116,8 +123,9 @@ class CMLTrainer:
         norm = "symmetric" if cfg.encoder == "lightgcn" else cfg.adj
         self.graph = BehaviorGraph([ds.train[b].user for b in ds.behaviors], [ds.train[b].item for b in ds.behaviors],
                                    ds.n_users, ds.n_items, norm=norm, device=device)
-        self.model = CML(ds.n_users, ds.n_items, len(ds.behaviors), cfg.dim, cfg.layers, cfg.meta_dropout,
-                         cfg.reg, cfg.beta, cfg.contrastive, cfg.act, cfg.ego, cfg.encoder).to(device)
+        options = CMLOptions(cfg.dim, cfg.layers, cfg.meta_dropout, cfg.reg, cfg.beta, cfg.contrastive, cfg.encoder,
+                             {"act": cfg.act, "ego": cfg.ego} if cfg.encoder == "cml" else {})
+        self.model = CML(ds.n_users, ds.n_items, len(ds.behaviors), options).to(device)
         self.sampler = CMLSampler(ds, cfg, device)
         enc, weigher = self.model.encoder.parameters(), self.model.weigher.parameters()
         lr, max_lr = cfg.lr * self.sampler.lr_factor, cfg.max_lr * self.sampler.lr_factor
