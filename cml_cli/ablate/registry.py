@@ -43,6 +43,9 @@ _CORE = (
             "CML's objective on LightGCN's linear, normalised layers (is it the encoder or the objective?)"),
     Variant("paper-encoder", {"encoder": "cml", "hold_out": True}, "ablation",
             "the paper's encoder (sigmoid layers, projection), with the batch's positives held out"),
+    Variant("meta-every-batch", {"meta_every": 1}, "ablation",
+            "virtual and meta steps on every mini-batch (the paper's schedule)"),
+    Variant("meta-every-4", {"meta_every": 4}, "ablation", "virtual and meta steps on every 4th mini-batch only"),
 )
 def builtin_variants(behaviors: list[str] | None = None) -> dict[str, Variant]:
     """The registered variants for a dataset whose behaviors are ``behaviors`` (target last):
