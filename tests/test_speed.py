@@ -47,6 +47,14 @@ def test_sparse_matrix_products_and_gradients_equal_dense():
     assert torch.autograd.gradcheck(lambda t: matrix @ t, (x.detach().requires_grad_(),))
 
 
+def test_torch_csr_path_equals_dense():
+    """The path CUDA takes (torch CSR tensors), run here on the CPU."""
+    matrix, dense = _random_matrix(2)
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(matrix.torch_mm(x).double(), dense @ x.double(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(matrix.T.torch_mm(torch.ones(7, 2)).double(), dense.T @ torch.ones(7, 2).double())
+
+
 def test_parallel_products_equal_one_thread(monkeypatch):
     matrix, _ = _random_matrix(1, shape=(300, 200), nnz=4000)
     x = torch.randn(200, 8)

@@ -64,9 +64,7 @@ class SparseMatrix:
         csr = sp.csr_matrix((np.asarray(values, np.float32), (rows, cols)), shape=self.shape)
         csr.sum_duplicates()
         self.csr = csr
-        self._torch = None if self.device.type == "cpu" else torch.sparse_csr_tensor(
-            torch.from_numpy(csr.indptr.astype(np.int64)), torch.from_numpy(csr.indices.astype(np.int64)),
-            torch.from_numpy(csr.data), self.shape, device=self.device)
+        self._torch: Tensor | None = None
         self._t = _transpose
         self._blocks: dict[int, list[tuple[int, int, sp.csr_matrix]]] = {}
 
@@ -84,8 +82,8 @@ class SparseMatrix:
     def mm(self, x: Tensor) -> Tensor:
         """``M x`` without autograd. On CPU, scipy's kernel (which releases the GIL) runs on row
         blocks of equal work in ``torch.get_num_threads()`` threads."""
-        if self._torch is not None:
-            return torch.sparse.mm(self._torch, x)
+        if self.device.type != "cpu":
+            return self.torch_mm(x)
         dense = np.ascontiguousarray(x.detach().numpy())
         threads = torch.get_num_threads() if self.nnz >= PARALLEL_NNZ else 1
         if threads <= 1:
@@ -98,6 +96,14 @@ class SparseMatrix:
 
         list(_pool(threads, os.getpid()).map(block, self._split(threads)))
         return torch.from_numpy(out)
+
+    def torch_mm(self, x: Tensor) -> Tensor:
+        """``M x`` through ``torch.sparse.mm`` on a CSR tensor on ``x``'s device (the CUDA path)."""
+        if self._torch is None or self._torch.device != x.device:
+            self._torch = torch.sparse_csr_tensor(
+                torch.from_numpy(self.csr.indptr.astype(np.int64)), torch.from_numpy(self.csr.indices.astype(np.int64)),
+                torch.from_numpy(self.csr.data), self.shape, device=x.device)
+        return torch.sparse.mm(self._torch, x)
 
     def _split(self, parts: int) -> list[tuple[int, int, sp.csr_matrix]]:
         if parts not in self._blocks:
