@@ -169,3 +169,17 @@ def test_lightgcn_encoder_layers_add_up_to_its_output():
     torch.testing.assert_close(e_u, torch.stack(agg_u).mean(0))
     torch.testing.assert_close(e_i, torch.stack(agg_i).mean(0))
     torch.testing.assert_close(e_uk, torch.stack(spec_u).mean(0))
+
+
+def test_stacked_rows_of_some_users_equal_the_full_product():
+    users = [np.array([0, 0, 1, 2, 3]), np.array([0, 2, 2, 3])]
+    items = [np.array([0, 1, 1, 3, 2]), np.array([1, 2, 3, 0])]
+    graph = BehaviorGraph(users, items, 4, 4, norm="symmetric")
+    x = torch.randn(4, 3, requires_grad=True)
+    some = torch.tensor([0, 2, 3])
+    torch.testing.assert_close(graph.stacked_to_users(x, some), graph.stacked_to_users(x)[:, some])
+    held = graph.without(torch.tensor([0, 4 + 2]), torch.tensor([0, 4 + 3]))  # (0, 0) of block 0, (2, 3) of block 1
+    torch.testing.assert_close(held.stacked_to_users(x, some), held.stacked_to_users(x)[:, some])
+    (grad,) = torch.autograd.grad(held.stacked_to_users(x, some).sum(), x)
+    (want,) = torch.autograd.grad(held.stacked_to_users(x)[:, some].sum(), x)
+    torch.testing.assert_close(grad, want)

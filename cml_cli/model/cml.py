@@ -40,6 +40,14 @@ class Batch:
     ssl_users: Tensor
     size: int
     held_out: tuple[Tensor, Tensor] | None = None
+    _users: Tensor | None = field(default=None, init=False, repr=False)
+
+    def users(self) -> Tensor:
+        """The sorted distinct users of the triples and the contrastive users ``[m]``: the rows of
+        :math:`e_u^k` the loss reads."""
+        if self._users is None:
+            self._users = torch.unique(torch.cat([t.user for t in self.triples] + [self.ssl_users]))
+        return self._users
 
 
 @dataclass(frozen=True)
@@ -89,7 +97,8 @@ class CML(nn.Module):
         options (CMLOptions, optional): The hyperparameters.
 
     Shapes:
-        - :meth:`encode` output: ``e_u [|U|, d]``, ``e_i [|I|, d]``, ``e_u^k [K, |U|, d]``
+        - :meth:`encode` output: ``e_u [|U|, d]``, ``e_i [|I|, d]``, ``e_u^k [K, |U|, d]`` (for a
+          batch, ``[K, m, d]``: its ``m`` users only)
         - :meth:`loss` output: a scalar and its parts as floats
     """
 
@@ -103,50 +112,53 @@ class CML(nn.Module):
         self.reg, self.beta, self.contrastive = o.reg, o.beta, o.contrastive
 
     def encode(self, graph: BehaviorGraph, params: dict[str, Tensor] | None = None,
-               held_out: tuple[Tensor, Tensor] | None = None) -> Embeddings:
+               batch: Batch | None = None) -> Embeddings:
         """``e_u [|U|, d]``, ``e_i [|I|, d]``, ``e_u^k [K, |U|, d]``, optionally with other encoder
-        params and with the ``held_out`` edges (block coordinates) left out of ``graph``."""
-        if held_out is not None:
-            graph = graph.without(*held_out)
+        ``params``; for a ``batch``, with its ``held_out`` edges left out of ``graph`` and
+        :math:`e_u^k` of :meth:`Batch.users` only, ``[K, m, d]`` (what :meth:`loss` reads)."""
+        users = None
+        if batch is not None:
+            users = batch.users()
+            if batch.held_out is not None:
+                graph = graph.without(*batch.held_out)
         if params is None:
-            return self.encoder(graph)
-        return functional_call(self.encoder, params, (graph,))
+            return self.encoder(graph, users)
+        return functional_call(self.encoder, params, (graph, users))
 
     def objective(self, graph: BehaviorGraph, batch: Batch, params: dict[str, Tensor] | None = None,
                   weighting: str = "meta") -> tuple[Tensor, dict[str, float]]:
-        """The weighted loss and its parts (as floats, for logging): :meth:`encode` (the batch's
-        ``held_out`` edges removed from ``graph``), then :meth:`loss`."""
-        return self.loss(self.encode(graph, params, batch.held_out), batch, weighting)
+        """The weighted loss and its parts (as floats, for logging): :meth:`encode` for the batch,
+        then :meth:`loss`."""
+        return self.loss(self.encode(graph, params, batch), batch, weighting)
 
     def loss(self, embeddings: Embeddings, batch: Batch,
              weighting: str = "meta") -> tuple[Tensor, dict[str, float]]:
         """The weighted loss of ``batch`` on the encoder's output ``embeddings`` (see the class)."""
-        e_u, e_i, e_uk = embeddings
+        e_u, e_i, e_uk = embeddings  # e_uk: the rows of batch.users() (see encode)
         k_count = self.n_behaviors
-        lengths = [t.user.numel() for t in batch.triples]
-        users, slot = torch.unique(torch.cat([t.user for t in batch.triples]), return_inverse=True)
+        users = batch.users()
         table_u = e_u[users]  # the batch's users once: the meta network reads them per user
-        slots = slot.split(lengths)
+        slots = [torch.searchsorted(users, t.user) for t in batch.triples]
         items = e_i[torch.cat([torch.cat([t.pos, t.neg]) for t in batch.triples])]
-        rows_i = items.split([2 * n for n in lengths])
-        rows_u = [table_u[s] for s in slots]
+        rows_i = items.split([2 * t.user.numel() for t in batch.triples])
         bpr_total = e_u.new_zeros(())
-        for k, (t, eu, ei, s) in enumerate(zip(batch.triples, rows_u, rows_i, slots)):
+        for k, (t, ei, s) in enumerate(zip(batch.triples, rows_i, slots)):
             if t.user.numel() == 0:
                 continue
+            eu = table_u[s]
             pos, neg = ei.chunk(2)
             loss = bpr_loss((eu * pos).sum(-1), (eu * neg).sum(-1))
-            w = self._weights("bpr", weighting, loss, table_u, e_uk[k][users], s)
+            w = self._weights("bpr", weighting, loss, table_u, e_uk[k], s)
             bpr_total = bpr_total + (w * loss).sum()
         bpr_total = bpr_total / k_count
 
         target_pos, target_neg = rows_i[-1].chunk(2)
-        reg_total = l2_reg(rows_u[-1], target_pos, target_neg)
+        reg_total = l2_reg(table_u[slots[-1]], target_pos, target_neg)
 
         cl_total = e_u.new_zeros(())
         ssl = batch.ssl_users
         if self.contrastive and self.beta != 0 and ssl.numel() >= 2:
-            spec = e_uk[:, ssl]
+            spec = e_uk[:, torch.searchsorted(users, ssl)]
             losses = info_nce(spec[-1].expand_as(spec), spec, tau=float(self.dim))
             for k in range(k_count):
                 w = self._weights("cl", weighting, losses[k], spec[k], e_u[ssl])

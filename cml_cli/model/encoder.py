@@ -92,12 +92,14 @@ class BehaviorEncoder(nn.Module):
             agg_i.append(h_i)
         return agg_u, agg_i, spec_u
 
-    def forward(self, graph: BehaviorGraph) -> tuple[Tensor, Tensor, Tensor]:
-        """Returns ``e_u [|U|, d]``, ``e_i [|I|, d]`` and ``e_u^k [K, |U|, d]``."""
+    def forward(self, graph: BehaviorGraph, users: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Returns ``e_u [|U|, d]``, ``e_i [|I|, d]`` and ``e_u^k [K, |U|, d]`` (``[K, m, d]`` for the
+        sorted distinct ``users [m]`` only, when given)."""
         agg_u, agg_i, spec_u = self.layer_outputs(graph)
         e_u = torch.cat(agg_u, dim=-1) @ self.p_user
         e_i = torch.cat(agg_i, dim=-1) @ self.p_item
-        e_uk = torch.cat(spec_u, dim=-1) @ self.p_user
+        spec = torch.cat(spec_u, dim=-1)
+        e_uk = (spec if users is None else spec[:, users]) @ self.p_user
         return e_u, e_i, e_uk
 
 
@@ -155,8 +157,9 @@ class LightGCNBehaviorEncoder(nn.Module):
             agg_i.append(h_i)
         return agg_u, agg_i, spec_u
 
-    def forward(self, graph: BehaviorGraph) -> tuple[Tensor, Tensor, Tensor]:
-        """Returns ``e_u [|U|, d]``, ``e_i [|I|, d]`` and ``e_u^k [K, |U|, d]``."""
+    def forward(self, graph: BehaviorGraph, users: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Returns ``e_u [|U|, d]``, ``e_i [|I|, d]`` and ``e_u^k [K, |U|, d]`` (``[K, m, d]`` for the
+        sorted distinct ``users [m]`` only, when given: a batch needs no more)."""
         h_u, h_i = self.user_emb, self.item_emb
         sum_u, inputs_i = h_u, h_i  # inputs_i: the item layers 0..L-1, the inputs of the user layers
         for layer in range(self.layers):
@@ -165,6 +168,7 @@ class LightGCNBehaviorEncoder(nn.Module):
             if layer < self.layers - 1:
                 inputs_i = inputs_i + h_i
         scale = 1.0 / (self.layers + 1)
-        e_uk = (self.user_emb + graph.stacked_to_users(inputs_i)) * scale
+        layer0 = self.user_emb if users is None else self.user_emb[users]
+        e_uk = (layer0 + graph.stacked_to_users(inputs_i, users)) * scale
         e_i = (inputs_i + h_i) * scale if self.layers else inputs_i * scale
         return sum_u * scale, e_i, e_uk

@@ -68,6 +68,14 @@ class SparseMatrix:
         self._t = _transpose
         self._blocks: dict[int, list[tuple[int, int, sp.csr_matrix]]] = {}
 
+    @classmethod
+    def from_csr(cls, csr: sp.csr_matrix, device: torch.device | str = "cpu") -> SparseMatrix:
+        """A :class:`SparseMatrix` of an existing CSR matrix (no copy, no duplicates expected)."""
+        matrix = cls.__new__(cls)
+        matrix.shape, matrix.device, matrix.csr = csr.shape, torch.device(device), csr
+        matrix._torch, matrix._t, matrix._blocks = None, None, {}
+        return matrix
+
     @property
     def nnz(self) -> int:
         return int(self.csr.nnz)
@@ -244,13 +252,23 @@ class BehaviorGraph:
             out = out.index_add(0, items, w_i * h_user[users], alpha=-1.0 / self.n_behaviors)
         return out
 
-    def stacked_to_users(self, h_item: Tensor) -> Tensor:
-        r""":math:`\tilde A_k H_I` for every k from one input: ``[|I|, d]`` -> ``[K, |U|, d]``."""
-        out = self.stacked @ h_item
+    def stacked_to_users(self, h_item: Tensor, users: Tensor | None = None) -> Tensor:
+        r""":math:`\tilde A_k H_I` for every k from one input: ``[|I|, d]`` -> ``[K, |U|, d]``, or only
+        the rows of ``users`` (sorted distinct ids ``[m]``; held-out edges must be theirs) -> ``[K, m, d]``."""
+        if users is None:
+            matrix, rows, n = self.stacked, None, self.n_users
+        else:
+            ids = users.cpu().numpy()
+            rows = (np.arange(self.n_behaviors)[:, None] * self.n_users + ids[None, :]).ravel()
+            matrix, n = SparseMatrix.from_csr(self.stacked.csr[rows], self.device), len(ids)
+        out = matrix @ h_item
         if self.held_out is not None:
             w_u, _ = self._held_out_weights()
-            out = out.index_add(0, self.held_out[0], w_u * h_item[self.held_out[1] % self.n_items], alpha=-1)
-        return out.view(self.n_behaviors, self.n_users, -1)
+            held = self.held_out[0]
+            if rows is not None:  # block row k |U| + u -> row k m + (position of u in users)
+                held = (held // self.n_users) * n + torch.searchsorted(users, held % self.n_users)
+            out = out.index_add(0, held, w_u * h_item[self.held_out[1] % self.n_items], alpha=-1)
+        return out.view(self.n_behaviors, n, -1)
 
 
 def lightgcn(graph: BehaviorGraph, user_emb: Tensor, item_emb: Tensor, layers: int) -> tuple[Tensor, Tensor]:

@@ -149,7 +149,7 @@ class CMLTrainer:
         self.step += 1
         # The virtual step and the real step see the same encoder parameters: one forward pass
         # serves both (the meta network, which differs between them, runs on its output).
-        embeddings = self.model.encode(self.graph, held_out=batch.held_out)
+        embeddings = self.model.encode(self.graph, batch=batch)
         if meta_now:
             meta_batch, self.meta_pointer = self.sampler.meta_batch(self.meta_pointer, rng)
             if self.cfg.meta_grad == "second-order":
@@ -174,7 +174,7 @@ class CMLTrainer:
         self.meta_opt.zero_grad(set_to_none=True)
 
     def _encoded(self, batch: Batch, embeddings: Embeddings | None) -> Embeddings:
-        return embeddings if embeddings is not None else self.model.encode(self.graph, held_out=batch.held_out)
+        return embeddings if embeddings is not None else self.model.encode(self.graph, batch=batch)
 
     def _first_order(self, batch: Batch, meta_batch: Batch, embeddings: Embeddings | None = None) -> None:
         names, live = zip(*self.model.encoder.named_parameters())
