@@ -1,5 +1,5 @@
 """The fast training path: sparse products, the merged LightGCN encoder, the shared forward pass,
-``meta_every`` and ``max_batches`` (each against the exact path it replaces)."""
+``meta_every`` and ``edges_per_pair`` (each against the exact path it replaces)."""
 
 from __future__ import annotations
 
@@ -139,19 +139,21 @@ def test_meta_every_must_be_positive():
         RunConfig(meta_every=0).validate()
 
 
-def test_batching_bounds_the_batches_per_epoch():
-    assert RunConfig(batch=100).batching(1000) == (100, 1.0)
-    assert RunConfig(batch=100, max_batches=20).batching(1000) == (100, 1.0)  # 10 batches: within the bound
-    size, factor = RunConfig(batch=100, max_batches=4).batching(1000)
+def test_batching_bounds_the_graph_work_per_pair():
+    assert RunConfig(batch=100).batching(10_000) == (100, 1.0)
+    assert RunConfig(batch=100, edges_per_pair=200).batching(10_000) == (100, 1.0)  # 100 edges per pair: within
+    size, factor = RunConfig(batch=100, edges_per_pair=40).batching(10_000)
     assert size == 250 and factor == pytest.approx(math.sqrt(2.5))
-    assert -(-1000 // size) <= 4
 
 
-def test_max_batches_grows_the_batch_and_the_learning_rate(tiny):
+def test_edges_per_pair_grows_the_batch_and_the_learning_rate(tiny):
+    edges = sum(len(tiny.train[b]) for b in tiny.behaviors)
     n_target = len(tiny.train[tiny.target])
-    tr = _trainer(tiny, batch=64, max_batches=2, lr=1e-3, max_lr=4e-3)
-    assert len(tr.batches(np.random.default_rng(0))) == 2
-    factor = math.sqrt(-(-n_target // 2) / 64)
+    tr = _trainer(tiny, batch=64, edges_per_pair=8, lr=1e-3, max_lr=4e-3)
+    grown = -(-edges // 8)
+    assert grown > 64 and tr.sampler.batch_size == grown
+    assert len(tr.batches(np.random.default_rng(0))) == -(-n_target // grown)
+    factor = math.sqrt(grown / 64)
     assert tr.opt.param_groups[0]["lr"] == pytest.approx(1e-3 * factor)
     assert tr.sched.max_lrs[0] == pytest.approx(4e-3 * factor)
 

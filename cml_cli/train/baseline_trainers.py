@@ -122,7 +122,7 @@ class BPRTrainer:
                  behaviors: list[int] | None = None):
         self.cfg, self.device = cfg, device
         self.model = model.to(device)
-        size, factor = cfg.batching(len(ds.train[ds.target]))
+        size, factor = cfg.batching(sum(len(ds.train[b]) for b in ds.behaviors))
         self.sampler = TripleSampler(ds, size, behaviors)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr * factor, fused=True)  # one kernel per table
 

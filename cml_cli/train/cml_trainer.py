@@ -31,7 +31,7 @@ class CMLSampler:
 
     def __init__(self, ds: MultiBehaviorDataset, cfg: RunConfig, device: torch.device):
         self.cfg, self.device = cfg, device
-        self.batch_size, self.lr_factor = cfg.batching(len(ds.train[ds.target]))
+        self.batch_size, self.lr_factor = cfg.batching(sum(len(ds.train[b]) for b in ds.behaviors))
         self.triples = TripleSampler(ds, self.batch_size, list(range(len(ds.behaviors))), cfg.aux_samples)
         self.index = [self.triples.index[k] for k in range(len(ds.behaviors))]
         self.meta_users = ds.meta_users

@@ -42,7 +42,7 @@ class MBCGCNTrainer(BPRTrainer):
     def __init__(self, ds: MultiBehaviorDataset, cfg: RunConfig, device: torch.device):
         super().__init__(ds, cfg, device, MBCGCN(behavior_graphs(ds, device), cfg.dim, block_layers(ds, cfg),
                                                   cfg.reg))
-        self.first = TripleSampler(ds, cfg.batching(len(ds.train[ds.behaviors[0]]))[0], anchor=0)
+        self.first = TripleSampler(ds, self.sampler.batch, anchor=0)
         self.epoch = 0
 
     def _pretraining(self) -> bool:
