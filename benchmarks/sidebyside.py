@@ -180,13 +180,42 @@ def finish(proc: subprocess.Popen) -> tuple[str, str, int, float]:
 
 
 def preprocess(side: Side, data_dir: Path, name: str, *args: str) -> None:
-    """Make processed dataset ``name`` in ``data_dir`` with ``side``'s code, unless it exists."""
-    if (data_dir / name / "manifest.json").is_file():
+    """Make processed dataset ``name`` in ``data_dir`` with ``side``'s code, unless it exists,
+    in the first version of the processed format (:func:`as_version_1`), which every revision
+    reads: both sides of a comparison then read the same files."""
+    if not (data_dir / name / "manifest.json").is_file():
+        print(f"preprocessing {name} ...", file=sys.stderr, flush=True)
+        _, errs, rc, _ = finish(cml(side, "preprocess", *args, "--name", name, "--data-dir", str(data_dir), "--json"))
+        if rc != 0:
+            raise BenchError(f"preprocess {name}: {(errs.strip().splitlines() or ['failed'])[-1]}")
+    as_version_1(data_dir / name)
+
+
+def as_version_1(path: Path) -> None:
+    """Rewrite the processed dataset in ``path`` in schema version 1 (behaviors' arrays keyed by
+    name, not position), which the base revisions before schema 2 read and the current code
+    still reads. A version-1 dataset is left as it is."""
+    import hashlib
+
+    import numpy as np
+
+    manifest = json.loads((path / "manifest.json").read_text())
+    if manifest.get("schema_version") == 1:
         return
-    print(f"preprocessing {name} ...", file=sys.stderr, flush=True)
-    _, errs, rc, _ = finish(cml(side, "preprocess", *args, "--name", name, "--data-dir", str(data_dir), "--json"))
-    if rc != 0:
-        raise BenchError(f"preprocess {name}: {(errs.strip().splitlines() or ['failed'])[-1]}")
+    with np.load(path / "arrays.npz", allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    for i, b in enumerate(manifest["behaviors"]):
+        for field in ("user", "item", "time"):
+            if f"train.{i}.{field}" in arrays:
+                arrays[f"{b}.{field}"] = arrays.pop(f"train.{i}.{field}")
+    with open(path / "arrays.npz", "wb") as f:
+        np.savez_compressed(f, **arrays)
+    digest = hashlib.sha256((path / "arrays.npz").read_bytes()).hexdigest()
+    manifest.update(schema_version=1, files={"arrays.npz": digest}, sizes={"arrays.npz": (path / "arrays.npz").stat().st_size})
+    manifest.pop("manifest_sha256", None)
+    body = json.dumps(manifest, sort_keys=True).encode()
+    manifest["manifest_sha256"] = hashlib.sha256(body).hexdigest()
+    (path / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 @dataclass

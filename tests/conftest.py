@@ -8,9 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
-import scipy.sparse as sp
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see cml_cli.threads)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import scipy.sparse as sp  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
