@@ -116,6 +116,27 @@ class RunConfig:
     """item-kNN: neighbours kept per item (0: all)."""
     knn_shrink: float = 0.0
     """item-kNN: shrinkage added to the cosine's denominator."""
+    cr_alpha: float = 0.0
+    """CascadingRank: strength of query fitting alpha (toward the user's own interactions of each behavior)."""
+    cr_beta: float = 0.9
+    """CascadingRank: strength of cascading alignment beta (toward the previous behavior's ranking);
+    alpha + beta <= 1, the rest is smoothing over the behavior's graph."""
+    cr_tol: float = 1e-4
+    """CascadingRank: a user's power iteration stops when its L1 residual is at most this."""
+    cr_iters: int = 100
+    """CascadingRank: maximum power iterations per behavior."""
+    history_popularity: str = "target"
+    """history: popularity that orders ties and the remaining items: ``target`` (training interactions
+    of the target behavior) or ``all`` (users over all behaviors, as the popularity model)."""
+    blend_models: list[str] = field(default_factory=lambda: ["cascadingrank", "history"])
+    """blend: fitted registry models whose normalised scores are summed (their options are this run's)."""
+    blend_runs: list[str] = field(default_factory=list)
+    """blend: run directories of trained members (their best checkpoint; same dataset), after ``blend_models``."""
+    blend_weights: list[float] = field(default_factory=lambda: [1.0, 0.25])
+    """blend: one weight >= 0 per member, ``blend_models`` then ``blend_runs``."""
+    blend_norm: str = "zscore"
+    """blend: per-user normalisation over all items before weighting: ``rank`` (average rank of the
+    score among the user's scores, scaled to [0, 1]) or ``zscore`` ((score - mean) / std)."""
     behaviors: list[str] | None = None
     """Auxiliary behaviors to keep (default all; the target is always kept)."""
     protocol: str = "strict"
@@ -156,7 +177,26 @@ class RunConfig:
             raise InputError("block_layers: need at least one layer count")
         if not self.ks:
             raise InputError("ks: need at least one cut-off")
+        self._validate_sota()
         return self
+
+    def _validate_sota(self) -> None:
+        """The rules between keys of CascadingRank (alpha + beta <= 1) and of the blend (its
+        members, one weight >= 0 per member, at least one positive)."""
+        if self.cr_alpha + self.cr_beta > 1 + 1e-9:
+            raise InputError(f"cr_alpha, cr_beta: need alpha + beta <= 1, got {self.cr_alpha} + {self.cr_beta}")
+        bad = [m for m in self.blend_models if m not in registry.names() or m == "blend"]
+        if bad:
+            raise InputError(f"blend_models: '{bad[0]}' is not a model to blend (choose from "
+                             f"{', '.join(n for n in registry.names() if n != 'blend')})")
+        members = [*self.blend_models, *self.blend_runs]
+        if not members or len(self.blend_weights) != len(members):
+            raise InputError(f"blend_weights: need one weight per member ({len(members)}: blend_models then "
+                             f"blend_runs), got {len(self.blend_weights)}")
+        if any(w < 0 or not math.isfinite(w) for w in self.blend_weights) or not any(w > 0 for w in self.blend_weights):
+            raise InputError(f"blend_weights: need finite weights >= 0, at least one positive, got {self.blend_weights}")
+        if any(not r.strip() for r in self.blend_runs):
+            raise InputError("blend_runs: a run directory cannot be empty")
 
     def batching(self, edges: int) -> tuple[int, float]:
         r"""The mini-batch size and learning-rate factor for a graph of ``edges`` training
@@ -185,6 +225,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "meta_sampling": ("intended", "reference"),
     "protocol": ("strict", "paper"),
     "device": ("auto", "cpu", "cuda"),
+    "history_popularity": ("target", "all"),
+    "blend_norm": ("rank", "zscore"),
 }
 DEVICE = re.compile(r"cuda:\d{1,3}")
 SEED_MAX = 2**32 - 1
@@ -198,6 +240,7 @@ INT_BOUNDS: dict[str, tuple[int, int]] = {
     "batch": (1, 2**20), "eval_batch": (1, 2**16), "dim": (1, 1024), "layers": (1, 16), "block_layers": (1, 16),
     "meta_batch": (1, 2**16), "samp_num": (1, 1000), "aux_samples": (1, 100), "knn_k": (0, 2**31 - 1),
     "ks": (1, 2**31 - 1), "seed": (0, SEED_MAX), "meta_every": (1, _LONG), "edges_per_pair": (0, _LONG),
+    "cr_iters": (1, _LONG),
 }
 # Float keys: (low, high, low included, high included); every float must also be finite.
 _POSITIVE, _NON_NEGATIVE = (0.0, math.inf, False, False), (0.0, math.inf, True, False)
@@ -206,6 +249,7 @@ FLOAT_BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
     "wd": _NON_NEGATIVE, "meta_wd": _NON_NEGATIVE, "reg": _NON_NEGATIVE, "beta": _NON_NEGATIVE,
     "virtual_lr": _NON_NEGATIVE, "knn_shrink": _NON_NEGATIVE,
     "meta_momentum": (0.0, 1.0, True, False), "meta_dropout": (0.0, 1.0, True, False), "ssl_ratio": (0.0, 1.0, False, True),
+    "cr_alpha": (0.0, 1.0, True, True), "cr_beta": (0.0, 1.0, True, True), "cr_tol": _POSITIVE,
 }
 
 
@@ -285,7 +329,7 @@ def _coerce(key: str, raw: Any, annotation: str) -> Any:
             return None
         if not isinstance(raw, (list, tuple)):
             raise ValueError(f"expected a list, got {raw!r}")
-        return [_coerce(key, v, "int" if "int" in annotation else "str") for v in raw]
+        return [_coerce(key, v, _element(annotation)) for v in raw]
     if "bool" in annotation:
         if not isinstance(raw, bool):
             raise ValueError(f"expected true/false, got {raw!r}")
@@ -301,12 +345,17 @@ def _coerce(key: str, raw: Any, annotation: str) -> Any:
     raise ValueError(f"expected text, got {raw!r}")
 
 
+def _element(annotation: str) -> str:
+    """The element type of a list field's annotation (``list[float] | None`` -> ``float``)."""
+    return next((t for t in ("int", "float") if f"list[{t}]" in annotation), "str")
+
+
 def _parse_text(key: str, text: str, annotation: str) -> Any:
     if "list" in annotation:
         if text.lower() in ("", "none", "all") and key in ("behaviors", "block_layers"):
             return None
         parts = [p.strip() for p in text.strip("[]").split(",") if p.strip()]
-        return [_parse_text(key, p, "int") for p in parts] if "int" in annotation else parts
+        return [_parse_text(key, p, _element(annotation)) for p in parts]
     if "bool" in annotation:
         if text.lower() in ("1", "true", "yes", "on"):
             return True

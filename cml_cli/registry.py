@@ -40,6 +40,7 @@ class ModelEntry:
 _ADAM = {"lr": 5e-3, "edges_per_pair": 0}
 _BASELINES = "cml_cli.train.baseline_trainers"
 _PEERS = "cml_cli.train.peer_trainers"
+_FITTED = "cml_cli.train.fitted_trainers"
 
 MODELS: dict[str, ModelEntry] = {m.name: m for m in (
     ModelEntry("cml", "cml", "cml_cli.train.cml_trainer:CMLTrainer", "full CML"),
@@ -61,7 +62,15 @@ MODELS: dict[str, ModelEntry] = {m.name: m for m in (
     ModelEntry("crgcn", "peer", f"{_PEERS}:crgcn_trainer",
                "CRGCN (TOIS 2023): residual cascade of LightGCN blocks, multi-task BPR",
                {"dim": 64, "lr": 1e-2, "batch": 1024, "reg": 1e-3, "layers": 1, "edges_per_pair": 0}),
+    ModelEntry("cascadingrank", "peer", f"{_FITTED}:CascadingRankTrainer",
+               "CascadingRank (2025): training-free personalised ranking over the cascade of behavior graphs"),
+    ModelEntry("history", "baseline", f"{_FITTED}:HistoryTrainer",
+               "the user's own auxiliary interactions first (nearest the target first), then by popularity"),
+    ModelEntry("blend", "baseline", f"{_FITTED}:BlendTrainer",
+               "weighted sum of other models' per-user normalised scores"),
 )}
+# The strongest known methods on the published multi-behavior data (cml ablate's group "sota").
+SOTA = ("cascadingrank", "history", "blend")
 
 
 def names(kind: str | None = None) -> tuple[str, ...]:

@@ -117,15 +117,16 @@ def plan_grids(study: dict, datasets: dict, args) -> list[dict]:
         if ds is None:
             raise SystemExit(f"error: dataset '{g['dataset']}' is not in experiments/datasets.toml")
         settings = {**common, **ds.get("settings", {}), **g.get("settings", {})}
-        tune = study.get("tune")
+        tune = _grid_tune(study.get("tune"), g.get("tune"))
         if tune is not None:
-            own = g.get("tune", {})
-            tune = {**tune, **own, "settings": {**tune.get("settings", {}), **own.get("settings", {})}}
             settings = {**settings, **tune["settings"]}
+        variants = g.get("variants") or [*tune["models"], *tune.get("untuned", [])]
+        trained = [v for v in g.get("trained", []) if v not in variants]
+        pending = trained if args.fitted_only else []
         grid = {"dataset": g["dataset"], "label": ds.get("label", g["dataset"]), "source": ds["source"],
                 "format": ds["format"], "no_valid": ds.get("no_valid", False),
                 "name": g.get("name", f"{study['study']['slug']}-{g['dataset']}" if tune else g["dataset"]),
-                "variants": g.get("variants") or [*tune["models"], *tune.get("untuned", [])],
+                "variants": [*variants, *(v for v in trained if v not in pending)], "pending": pending,
                 "seeds": g.get("seeds") or tune["seeds"], "settings": settings, "tune": tune,
                 "published": g.get("published"), "published_dataset": g.get("published_dataset")}
         if args.smoke:
@@ -137,6 +138,15 @@ def plan_grids(study: dict, datasets: dict, args) -> list[dict]:
             grid["settings"][key.strip()] = value.strip()
         grids.append(grid)
     return grids
+
+
+def _grid_tune(study_tune: dict | None, own: dict | None) -> dict | None:
+    """A grid's tuning: the study's ``[tune]`` table updated by the grid's own ``tune`` (either
+    may be missing; a grid of a study without ``[tune]`` may still tune its own models)."""
+    if study_tune is None and own is None:
+        return None
+    base, own = study_tune or {}, own or {}
+    return {**base, **own, "settings": {**base.get("settings", {}), **own.get("settings", {})}}
 
 
 def run(cmd: list[str], *, capture: bool, dry_run: bool) -> subprocess.CompletedProcess | None:
@@ -183,15 +193,16 @@ def ablate_command(grid: dict, args, configs: dict[str, Path] | None = None) -> 
 TUNED = {"cml": ("cml", {"encoder": "cml", "hold_out": True}), "cml-lightgcn": ("cml", {"encoder": "lightgcn"})}
 
 
-def space_without(model: str, fixed: dict, out: Path) -> Path | None:
-    """The model's default search space without the keys a grid fixes (None: nothing to drop)."""
+def space_without(model: str, fixed: dict, out: Path, own: Path | None = None) -> Path | None:
+    """The model's search space (``own``, a file of the study, else the model's default) without
+    the keys a grid fixes (None: the default space, nothing to drop)."""
     from cml_cli.tune import default_space_file
 
-    default = default_space_file(model)
+    default = own or default_space_file(model)
     space = tomllib.loads(default.read_text())
     dropped = [k for k in fixed if k in space]
     if not dropped:
-        return None
+        return own
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = [f"# {default.name} without {', '.join(dropped)} (fixed by the study)"]
     for key, spec in space.items():
@@ -211,7 +222,9 @@ def tune_grid(grid: dict, args) -> tuple[dict[str, Path], list[dict]]:
         cmd = [*_cml(), "tune", "--dataset", grid["dataset"], "--model", model, "--until", str(grid["tune"]["trials"]),
                "--name", name, "--runs-dir", _arg(args.runs_dir), "--data-dir", _arg(args.data_dir),
                "--jobs", str(args.jobs)]
-        space = space_without(model, {**grid["settings"], **fixed}, Path(args.runs_dir) / "spaces" / f"{name}.toml")
+        own = grid["tune"].get("spaces", {}).get(variant)
+        space = space_without(model, {**grid["settings"], **fixed}, Path(args.runs_dir) / "spaces" / f"{name}.toml",
+                              None if own is None else HERE / own)
         if space is not None:
             cmd += ["--space", _arg(space)]
         for key, value in {**grid["settings"], **fixed}.items():
@@ -394,6 +407,9 @@ def page(study: dict, study_path: Path, results: list[dict], args, command: str,
         if res.get("preprocess"):
             lines.append(f"- preprocessed with `{res['preprocess']}`")
         lines += [f"- runs: `{res['ablate']}`"]
+        if grid.get("pending"):
+            lines.append(f"- **pending** (trained models left out by `--fitted-only`; run the study without it to add "
+                         f"them): {', '.join(f'`{v}`' for v in grid['pending'])}")
         if "table" not in res:
             lines += ["", "(dry run: nothing ran)", ""]
             continue
@@ -421,9 +437,25 @@ def page(study: dict, study_path: Path, results: list[dict], args, command: str,
         for fig in res["figures"]:
             lines += [f"![{grid['label']}: {fig.stem}]({fig.parent.name}/{fig.name})", ""]
         lines += ["<details><summary>Runs</summary>", "", runs_markdown(table), "</details>", ""]
+    if s.get("benchmark"):
+        lines += benchmark_markdown(args.results_dir / s["benchmark"])
     if s.get("notes"):
         lines += [s["notes"].strip(), ""]
     return "\n".join(lines)
+
+
+def benchmark_markdown(path: Path) -> list[str]:
+    """The rows of a benchmark file (``benchmarks/bench_*.py --record``), as a table."""
+    if not path.is_file():
+        return ["## Timing", "", f"(no `{_rel(path)}` yet: run its benchmark with `--record`)", ""]
+    bench = json.loads(path.read_text())
+    keys = [k for k in bench["results"][0] if not isinstance(bench["results"][0][k], (dict, list))]
+    rows = ["| " + " | ".join(keys) + " |", "|" + " ---: |" * len(keys)]
+    rows += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in bench["results"]]
+    host = bench["machine"]
+    host = ", ".join(f"{k} {v}" for k, v in host.items()) if isinstance(host, dict) else host
+    return ["## Timing", "", f"`{bench['command']}` at `{bench['git_revision']}` on {host}, "
+            f"recorded {bench['recorded']} (`{_rel(path)}`):", "", *rows, ""]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -439,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "datasets",
                         help="the published datasets [default: ../shared/datasets]")
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side (cml ablate --jobs)")
+    parser.add_argument("--fitted-only", action="store_true",
+                        help="leave out the trained models a grid lists under `trained` (the page marks them pending)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra setting for every run (e.g. epochs=5); changes which runs are reused")
     args = parser.parse_args(argv)

@@ -72,7 +72,8 @@ def test_registry_has_every_variant_for_the_dataset_behaviors():
                  "lightgcn-target", "lightgcn-merged", "mbcgcn", "crgcn"):
         assert name in reg
     assert reg["cml-lightgcn"].overrides == {"encoder": "lightgcn"} and reg["cml-lightgcn"].kind == "ablation"
-    assert reg["mbcgcn"].kind == "peer" and [v.name for v in select_variants(reg, ["peers"])] == ["mbcgcn", "crgcn"]
+    assert reg["mbcgcn"].kind == "peer" and [v.name for v in select_variants(reg, ["peers"])] == \
+        ["mbcgcn", "crgcn", "cascadingrank"]
     assert "w/o-buy" not in reg  # the target is never ablated
     assert reg["w/o-clf"].overrides == {"contrastive": False}
     assert reg["w/o-mce"].overrides == {"meta": False}
@@ -90,8 +91,9 @@ def test_registry_has_every_variant_for_the_dataset_behaviors():
     assert [v.name for v in default] == list(reg)
     groups = select_variants(reg, ["cml", "baselines"])
     assert [v.name for v in groups] == ["cml", "popularity", "itemknn-merged", "bpr-mf", "lightgcn-target",
-                                        "lightgcn-merged", "mbcgcn", "crgcn"]
-    assert [v.name for v in select_variants(reg, ["peers"])] == ["mbcgcn", "crgcn"]
+                                        "lightgcn-merged", "history", "blend", "mbcgcn", "crgcn", "cascadingrank"]
+    assert [v.name for v in select_variants(reg, ["peers"])] == ["mbcgcn", "crgcn", "cascadingrank"]
+    assert [v.name for v in select_variants(reg, ["sota"])] == ["cascadingrank", "history", "blend"]
 
 
 def test_target_only_keeps_the_target(data_dir):

@@ -14,8 +14,10 @@ from cml_cli.data.store import MAX_NAME_BYTES
 from cml_cli.errors import InputError, did_you_mean
 
 REFERENCE = "cml"
-# Group name -> the variant kinds it selects (the peers are baselines too).
+# Group name -> the variant kinds it selects (the peers are baselines too); "sota" selects the
+# registry's strongest known methods by name (models.SOTA).
 GROUPS = {"ablations": ("ablation",), "baselines": ("baseline", "peer"), "peers": ("peer",)}
+NAMED_GROUPS = {"sota": models.SOTA}
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,8 @@ def registry(behaviors: list[str] | None = None, variants_file: Path | None = No
 
 def select_variants(reg: dict[str, Variant], names: list[str] | None) -> list[Variant]:
     """The variants to run: all of ``reg`` in registry order by default. ``names`` may use the
-    groups ``all``, ``ablations``, ``baselines`` and ``peers``."""
+    groups ``all``, ``ablations``, ``baselines``, ``peers`` and ``sota`` (CascadingRank, history
+    and blend)."""
     if not names:
         return list(reg.values())
     out: list[Variant] = []
@@ -114,6 +117,8 @@ def select_variants(reg: dict[str, Variant], names: list[str] | None) -> list[Va
             group = list(reg.values())
         elif name in GROUPS:
             group = [v for v in reg.values() if v.kind in GROUPS[name]]
+        elif name in NAMED_GROUPS:
+            group = [reg[n] for n in NAMED_GROUPS[name] if n in reg]
         elif name in reg:
             group = [reg[name]]
         else:

@@ -5,7 +5,8 @@ A trial draws its parameters with TPE seeded by the study's seed plus the trial'
 ``<tune-dir>/trial-<n>`` (``evaluate_test=False``: test metrics are never computed for a
 trial) and returns the validation NDCG@10 of the selected epoch; the median pruner stops a
 trial whose per-epoch validation NDCG@10 falls below the median of earlier trials at the
-same epoch. The study lives in a storage: by default a journal file ``<tune-dir>/study.journal``
+same epoch, and a draw that breaks a rule between keys (``cr_alpha + cr_beta <= 1``) is pruned
+without a run. The study lives in a storage: by default a journal file ``<tune-dir>/study.journal``
 (several local processes share it), or any Optuna RDB URL (``--storage``), which several
 machines can share. An invocation runs ``trials`` more trials, so running the same command
 again continues the study; a trial whose process died (``kill -9``) is marked failed by the
@@ -291,7 +292,10 @@ def objective(spec: TuneSpec, on_epoch=None) -> Callable:
         name = f"trial-{trial.number}"
         trial.set_user_attr("run_dir", str(Path(spec.tune_dir) / name))
         try:
-            cfg = spec.config({p.name: p.suggest(trial) for p in space})
+            try:
+                cfg = spec.config({p.name: p.suggest(trial) for p in space})
+            except InputError as e:  # a draw that breaks a rule between keys (cr_alpha + cr_beta <= 1)
+                raise optuna.TrialPruned(f"infeasible draw: {e}") from None
             result = train(spec.dataset_dir, cfg, runs_dir=Path(spec.tune_dir), name=name, force=True,
                            progress=TrialProgress(trial, on_epoch), evaluate_test=False, tracker=spec.tracker(name))
         except optuna.TrialPruned:
