@@ -459,7 +459,7 @@ class LogFollower:
 def ablate(
     dataset: str = DatasetOpt,
     variants: Optional[str] = typer.Option(None, "--variants", metavar="LIST", help="Comma-separated variants, or the "
-                                           "groups all, ablations, baselines, peers [default: every variant that "
+                                           "groups all, ablations, baselines, peers, sota [default: every variant that "
                                            "applies]."),
     seeds: str = typer.Option("0", "--seeds", metavar="LIST", help="Comma-separated seeds; each variant runs once per "
                               "seed."),

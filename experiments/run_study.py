@@ -127,7 +127,7 @@ def plan_grids(study: dict, datasets: dict, args) -> list[dict]:
                 "format": ds["format"], "no_valid": ds.get("no_valid", False),
                 "name": g.get("name", f"{study['study']['slug']}-{g['dataset']}" if tune else g["dataset"]),
                 "variants": [*variants, *(v for v in trained if v not in pending)], "pending": pending,
-                "seeds": g.get("seeds") or tune["seeds"], "settings": settings, "tune": tune,
+                "seeds": g.get("seeds") or tune["seeds"], "settings": settings, "tune": tune, "custom": g.get("custom", {}),
                 "published": g.get("published"), "published_dataset": g.get("published_dataset")}
         if args.smoke:
             grid.update(dataset="synthetic", source=None, format="synthetic", name=f"smoke-{grid['name']}",
@@ -181,11 +181,26 @@ def ablate_command(grid: dict, args, configs: dict[str, Path] | None = None) -> 
     cmd = [*_cml(), "ablate", "--dataset", grid["dataset"], "--variants", ",".join(grid["variants"]),
            "--seeds", ",".join(map(str, grid["seeds"])), "--name", grid["name"], "--runs-dir", _arg(args.runs_dir),
            "--data-dir", _arg(args.data_dir), "--jobs", str(args.jobs)]
+    if grid.get("custom"):
+        cmd += ["--variants-file", _arg(custom_variants(grid, Path(args.runs_dir) / "variants" / f"{grid['name']}.toml",
+                                                        args.dry_run))]
     for variant, path in (configs or {}).items():
         cmd += ["--config", f"{variant}={_arg(path)}"]
     for key, value in grid["settings"].items():
         cmd += ["--set", f"{key}={_set_value(value)}"]
     return cmd
+
+
+def custom_variants(grid: dict, out: Path, dry_run: bool) -> Path:
+    """The variants a grid defines itself (``custom = { NAME = { key = value, ... } }``) as a
+    ``cml ablate --variants-file``."""
+    lines = []
+    for name, spec in grid["custom"].items():
+        lines += [f"[variants.{json.dumps(name)}]", *(f"{k} = {json.dumps(v)}" for k, v in spec.items()), ""]
+    if not dry_run:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("\n".join(lines))
+    return out
 
 
 # A tuned "model" is a registry model, or a CML variant with the options it fixes: "cml" is the
@@ -437,11 +452,37 @@ def page(study: dict, study_path: Path, results: list[dict], args, command: str,
         for fig in res["figures"]:
             lines += [f"![{grid['label']}: {fig.stem}]({fig.parent.name}/{fig.name})", ""]
         lines += ["<details><summary>Runs</summary>", "", runs_markdown(table), "</details>", ""]
+    for path in s.get("blend_grids", []):
+        lines += blend_grid_markdown(args.results_dir / path)
     if s.get("benchmark"):
         lines += benchmark_markdown(args.results_dir / s["benchmark"])
     if s.get("notes"):
         lines += [s["notes"].strip(), ""]
     return "\n".join(lines)
+
+
+def blend_grid_markdown(path: Path, top: int = 8) -> list[str]:
+    """A blend grid (``experiments/blend_grid.py --out``): the first member alone, the best
+    weightings by full-ranking HR@10 and the best by sampled NDCG@10, all on validation."""
+    if not path.is_file():
+        return ["## Blend weights on validation", "", f"(no `{_rel(path)}` yet: run `experiments/blend_grid.py`)", ""]
+    grid = json.loads(path.read_text())
+    alone = next(r for r in grid["table"] if not any(r["weights"][1:]))
+    ranked = sorted(grid["table"], key=lambda r: -r["full_hr@10"])[:top]
+    chosen = [alone, *ranked, *([] if grid["best_sampled_ndcg@10"] in ranked else [grid["best_sampled_ndcg@10"]])]
+    rows = ["| weights (" + ", ".join(grid["members"]) + ") | full HR@10 | full NDCG@10 | sampled NDCG@10 | |",
+            "| :--- | ---: | ---: | ---: | :--- |"]
+    for r in chosen:
+        notes = [n for n, hit in (("the first member alone", r is alone),
+                                  ("best full HR@10", r == grid["best_full_hr@10"]),
+                                  ("best sampled NDCG@10 (cml tune's objective)", r == grid["best_sampled_ndcg@10"]))
+                 if hit]
+        rows.append(f"| {', '.join(f'{w:g}' for w in r['weights'])} | {r['full_hr@10']:.4f} | {r['full_ndcg@10']:.4f} | "
+                    f"{r['sampled_ndcg@10']:.4f} | {'; '.join(notes)} |")
+    return ["## Blend weights on validation", "",
+            f"`{grid['command']}` ({grid['users']:,} validation users of `{grid['dataset']}`, {grid['norm']} "
+            f"normalisation, {grid['seconds'] / 60:.0f} min; every weighting in `{_rel(path)}`): the first member "
+            f"alone, the {top} best weightings by full-ranking HR@10 and the best by sampled NDCG@10.", "", *rows, ""]
 
 
 def benchmark_markdown(path: Path) -> list[str]:

@@ -262,16 +262,17 @@ def test_the_three_through_cml_ablate(tiny_dir, tmp_path):
 
     assert [v.name for v in select_variants(registry(["view", "cart", "buy"]), ["sota"])] == \
         ["cascadingrank", "history", "blend"]
-    data_dir, _ = tiny_dir
-    result = run_grid("synthetic", ["sota", "popularity"], [0], {}, name="g", runs_dir=tmp_path, data_dir=data_dir)
+    data_dir, ds = tiny_dir
+    result = run_grid("synthetic", ["sota"], [0], {}, name="g", runs_dir=tmp_path, data_dir=data_dir)
     from cml_cli.report import grid_tables
 
     table = grid_tables(Path(result["grid_dir"]), result["variants"], result["seeds"])
     rows = {r.variant: r for r in table.rows}
-    assert set(rows) == {"cascadingrank", "history", "blend", "popularity"}
-    for name in ("cascadingrank", "history", "blend"):
-        assert rows[name].cell("full:coverage@10").mean > rows["popularity"].cell("full:coverage@10").mean
-        assert rows[name].cell("full:personalization@10").mean is not None
+    assert set(rows) == {"cascadingrank", "history", "blend"} and not result["failed"]
+    for row in rows.values():  # the beyond-accuracy columns come with the full-ranking pass
+        assert row.cell("full:coverage@10").mean > 10 / ds.n_items  # more than one list for everyone
+        assert 0 < row.cell("full:personalization@10").mean <= 1 and row.cell("full:arp@10").mean > 0
+        assert 0 < row.cell("hr@10").mean <= 1
 
 
 def test_tune_prunes_alpha_beta_draws_over_one(tiny_dir, tmp_path):
