@@ -60,7 +60,8 @@ def measure(data_dir: Path, overrides: list[str]) -> dict:
     trainer = make_trainer(ds, cfg, torch.device("cpu"))
     fitted = time.perf_counter()
     scorer = trainer.scorer()
-    scorer.rows(np.arange(ds.n_users))  # the scores of every user, kept by the scorer
+    for lo in range(0, ds.n_users, 4096):  # the scores of every user, kept by the scorer
+        scorer.rows(np.arange(lo, min(lo + 4096, ds.n_users)))
     scored = time.perf_counter()
     full = evaluate_full(scorer, ds, "test", [10, 20])
     done = time.perf_counter()
