@@ -391,8 +391,25 @@ def reproduction_markdown(table, published: dict) -> list[str]:
             "data, all items ranked, training purchases masked):", "", *rows, ""]
 
 
+def grid_findings(table) -> list[str]:
+    """Where full CML does not beat a variant (``cml_cli.report.findings``); for a grid without
+    a CML run, which variant leads each headline metric."""
+    from cml_cli.report import findings
+    from cml_cli.report.tables import label
+
+    if any(r.variant == table.reference for r in table.rows):
+        return findings(table)
+    out = []
+    for metric in [*table.headline(), *(["full:hr@10"] if "full:hr@10" in table.metrics else [])]:
+        scored = [(r.cell(metric).mean, r.variant) for r in table.rows if r.cell(metric).mean is not None]
+        if scored:
+            value, variant = max(scored)
+            out.append(f"{label(metric)}: `{variant}` leads ({value:.4f}; no `{table.reference}` run in this grid yet).")
+    return out
+
+
 def page(study: dict, study_path: Path, results: list[dict], args, command: str, seconds: float) -> str:
-    from cml_cli.report import findings, runs_markdown, table_markdown
+    from cml_cli.report import runs_markdown, table_markdown
 
     s = study["study"]
     lines = [f"# {s['title']}", ""]
@@ -410,7 +427,7 @@ def page(study: dict, study_path: Path, results: list[dict], args, command: str,
     summary = []
     for res in results:
         if "table" in res:
-            summary += [f"- **{res['grid']['label']}**: {x}" for x in findings(res["table"])]
+            summary += [f"- **{res['grid']['label']}**: {x}" for x in grid_findings(res["table"])]
     if summary:
         lines += ["## Findings", "", *summary, ""]
     for res in results:
@@ -438,7 +455,7 @@ def page(study: dict, study_path: Path, results: list[dict], args, command: str,
                   f"- wall time of this grid in this invocation: {res['seconds'] / 60:.1f} min", ""]
         if res.get("tuned"):
             lines += tuned_markdown(res["tuned"], grid)
-        lines += [table_markdown(table), *[f"- {x}" for x in findings(table)], ""]
+        lines += [table_markdown(table), *[f"- {x}" for x in grid_findings(table)], ""]
         if res.get("tuned"):
             lines += full_ranking_markdown(table)
         if res.get("published"):
