@@ -124,11 +124,11 @@ def test_cascadingrank_trainer_scores_both_protocols_alike(tiny):
 
 
 @pytest.mark.parametrize("sets, message", [
-    (["cr_alpha=0.5", "cr_beta=0.6"], "alpha + beta <= 1"),
-    (["cr_alpha=-0.1"], "alpha >= 0"),
-    (["cr_beta=1.5"], "alpha + beta <= 1"),
-    (["cr_tol=0"], "cr_tol, cr_iters: must be positive"),
-    (["cr_iters=0"], "cr_tol, cr_iters: must be positive"),
+    (["cr_alpha=0.5", "cr_beta=0.6"], "cr_alpha, cr_beta: need alpha + beta <= 1, got 0.5 + 0.6"),
+    (["cr_alpha=-0.1"], "cr_alpha: must be in [0, 1], got -0.1"),
+    (["cr_beta=1.5"], "cr_beta: must be in [0, 1], got 1.5"),
+    (["cr_tol=0"], "cr_tol: must be in (0, inf)"),
+    (["cr_iters=0"], "cr_iters: must be in [1, "),
     (["cr_alpha=nan"], "finite"),
 ])
 def test_bad_cascadingrank_options_are_input_errors(sets, message):
