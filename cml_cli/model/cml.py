@@ -181,6 +181,8 @@ class CML(nn.Module):
 
     @torch.no_grad()
     def embeddings(self, graph: BehaviorGraph) -> tuple[Tensor, Tensor]:
-        """Aggregated user and item embeddings for scoring: ``x(u, i) = e_u . e_i``."""
-        e_u, e_i, _ = self.encoder(graph)
+        """Aggregated user and item embeddings for scoring: ``x(u, i) = e_u . e_i`` (no
+        behavior-specific rows: scoring reads none)."""
+        none = torch.empty(0, dtype=torch.long, device=graph.device)
+        e_u, e_i, _ = self.encoder(graph, none)
         return e_u, e_i

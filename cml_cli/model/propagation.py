@@ -268,7 +268,7 @@ class BehaviorGraph:
             if rows is not None:  # block row k |U| + u -> row k m + (position of u in users)
                 held = (held // self.n_users) * n + torch.searchsorted(users, held % self.n_users)
             out = out.index_add(0, held, w_u * h_item[self.held_out[1] % self.n_items], alpha=-1)
-        return out.view(self.n_behaviors, n, -1)
+        return out.view(self.n_behaviors, n, h_item.shape[-1])
 
 
 def lightgcn(graph: BehaviorGraph, user_emb: Tensor, item_emb: Tensor, layers: int) -> tuple[Tensor, Tensor]:
