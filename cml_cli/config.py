@@ -89,6 +89,10 @@ class RunConfig:
     """Weight of the contrastive (InfoNCE) loss."""
     ssl_ratio: float = 0.1
     """Fraction of a batch's users in the contrastive loss."""
+    ssl_group: int = 1024
+    """Contrastive users per InfoNCE group: a batch's contrastive users are split into groups of at
+    most this many, each user's negatives being the others of its group, so the loss costs time
+    linear in the batch (the paper's batches have fewer users than one group)."""
     meta_batch: int = 128
     """Meta users per meta step."""
     samp_num: int = 10
@@ -241,6 +245,7 @@ INT_BOUNDS: dict[str, tuple[int, int]] = {
     "meta_batch": (1, 2**16), "samp_num": (1, 1000), "aux_samples": (1, 100), "knn_k": (0, 2**31 - 1),
     "ks": (1, 2**31 - 1), "seed": (0, SEED_MAX), "meta_every": (1, _LONG), "edges_per_pair": (0, _LONG),
     "cr_iters": (1, _LONG),
+    "ssl_group": (2, 2**16),
 }
 # Float keys: (low, high, low included, high included); every float must also be finite.
 _POSITIVE, _NON_NEGATIVE = (0.0, math.inf, False, False), (0.0, math.inf, True, False)
@@ -257,7 +262,7 @@ FLOAT_BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
 # compute the same thing (ablate reuses such a run when a CML preset changes).
 CML_ONLY_KEYS = frozenset({
     "max_lr", "cycle_up", "cycle_down", "wd", "meta_lr", "meta_max_lr", "meta_cycle_up", "meta_cycle_down",
-    "meta_wd", "meta_optimizer", "meta_momentum", "beta", "ssl_ratio", "meta_batch", "samp_num", "aux_samples",
+    "meta_wd", "meta_optimizer", "meta_momentum", "beta", "ssl_ratio", "ssl_group", "meta_batch", "samp_num", "aux_samples",
     "meta_dropout", "clip", "meta", "meta_every", "meta_grad", "meta_sampling", "virtual_lr", "contrastive", "encoder", "adj",
     "act", "ego", "hold_out",
 })

@@ -60,6 +60,7 @@ class CMLOptions:
     reg: float = 1e-3
     beta: float = 0.005
     contrastive: bool = True
+    ssl_group: int = 1024
     encoder: str = "cml"
     encoder_options: dict = field(default_factory=dict)
     """For ``encoder='cml'``: ``act`` and ``ego`` of :class:`BehaviorEncoder`."""
@@ -109,7 +110,7 @@ class CML(nn.Module):
                         else BehaviorEncoder(n_users, n_items, o.dim, o.layers, **o.encoder_options))
         self.weigher = MetaWeightNet(o.dim, o.dropout)
         self.n_behaviors, self.dim = n_behaviors, o.dim
-        self.reg, self.beta, self.contrastive = o.reg, o.beta, o.contrastive
+        self.reg, self.beta, self.contrastive, self.ssl_group = o.reg, o.beta, o.contrastive, o.ssl_group
 
     def encode(self, graph: BehaviorGraph, params: dict[str, Tensor] | None = None,
                batch: Batch | None = None) -> Embeddings:
@@ -159,7 +160,8 @@ class CML(nn.Module):
         ssl = batch.ssl_users
         if self.contrastive and self.beta != 0 and ssl.numel() >= 2:
             spec = e_uk[:, torch.searchsorted(users, ssl)]
-            losses = info_nce(spec[-1].expand_as(spec), spec, tau=float(self.dim))
+            groups = spec.tensor_split(-(-spec.shape[1] // self.ssl_group), dim=1)  # nearly equal, >= 2 users
+            losses = torch.cat([info_nce(g[-1].expand_as(g), g, tau=float(self.dim)) for g in groups], dim=1)
             for k in range(k_count):
                 w = self._weights("cl", weighting, losses[k], spec[k], e_u[ssl])
                 cl_total = cl_total + (w * losses[k]).sum()

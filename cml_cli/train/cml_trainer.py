@@ -123,8 +123,8 @@ class CMLTrainer:
         norm = "symmetric" if cfg.encoder == "lightgcn" else cfg.adj
         self.graph = BehaviorGraph([ds.train[b].user for b in ds.behaviors], [ds.train[b].item for b in ds.behaviors],
                                    ds.n_users, ds.n_items, norm=norm, device=device)
-        options = CMLOptions(cfg.dim, cfg.layers, cfg.meta_dropout, cfg.reg, cfg.beta, cfg.contrastive, cfg.encoder,
-                             {"act": cfg.act, "ego": cfg.ego} if cfg.encoder == "cml" else {})
+        options = CMLOptions(cfg.dim, cfg.layers, cfg.meta_dropout, cfg.reg, cfg.beta, cfg.contrastive, cfg.ssl_group,
+                             cfg.encoder, {"act": cfg.act, "ego": cfg.ego} if cfg.encoder == "cml" else {})
         self.model = CML(ds.n_users, ds.n_items, len(ds.behaviors), options).to(device)
         self.sampler = CMLSampler(ds, cfg, device)
         enc, weigher = self.model.encoder.parameters(), self.model.weigher.parameters()
