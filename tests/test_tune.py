@@ -113,7 +113,7 @@ def test_study_continues_and_best_toml_round_trips(data_dir, tmp_path):
 def test_killed_study_loses_at_most_the_running_trial(data_dir, tmp_path):
     """kill -9 during a trial; the next invocation marks it failed and continues."""
     argv = ["tune", "--dataset", "synthetic", "--data-dir", data_dir, "--model", "bpr-mf", "--trials", "2",
-            "--name", "k", "--set", "epochs=8", "--set", "patience=0", "--no-prune", "--json"]
+            "--name", "k", "--set", "epochs=100", "--set", "patience=0", "--no-prune", "--json"]  # trials outlast the kill
     script = Path(sys.executable).with_name("cml")
     proc = subprocess.Popen([str(script), *map(str, argv)], cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
