@@ -71,7 +71,7 @@ clean:
 	rm -rf $(VENV) .venv-min data runs .pytest_cache
 
 # --- studies (experiments/README.md): each writes experiments/results/<study>.md --------------
-.PHONY: studies study-baselines study-ablation study-cutoffs study-tuned study-peers studies-smoke
+.PHONY: studies study-baselines study-ablation study-cutoffs study-tuned study-peers study-ablation-backbone study-sota studies-smoke
 
 study-baselines: $(STAMP)
 	$(BIN)/python experiments/run_study.py baselines
@@ -88,7 +88,13 @@ study-tuned: $(STAMP)
 study-peers: $(STAMP)
 	$(BIN)/python experiments/run_study.py peers
 
-studies: study-baselines study-ablation study-cutoffs study-tuned study-peers
+study-ablation-backbone: $(STAMP)
+	$(BIN)/python experiments/run_study.py ablation-backbone --jobs 2
+
+study-sota: $(STAMP)
+	$(BIN)/python experiments/run_study.py sota
+
+studies: study-baselines study-ablation study-cutoffs study-tuned study-peers study-ablation-backbone study-sota
 
 # The same pipeline on tiny synthetic data, one epoch (a few minutes): pages in runs/smoke/results/.
 studies-smoke: $(STAMP)
