@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import sys
 import threading
 import time
@@ -710,11 +711,17 @@ def _usage_line(e: BaseException) -> str:
     return f"{message} (see `{where} -h`)"
 
 
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM (``kill``, a job scheduler's stop) stops a command as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Entry point: run the app, turning project errors and usage errors into one line and an
-    exit code. Ctrl-C exits 130 with one line: the command's own (what stopped, how to go on),
-    else :data:`STOPPED` (Typer reports an interruption as the return value 130)."""
+    exit code. Ctrl-C or SIGTERM exits 130 with one line: the command's own (what stopped, how to
+    go on), else :data:`STOPPED` (Typer reports an interruption as the return value 130)."""
     usage = _usage_errors()
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         from cml_cli.threads import prepare
 

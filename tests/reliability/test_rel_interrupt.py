@@ -43,8 +43,9 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def interrupt(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float = 300) -> tuple[int, str]:
-    """Wait until ``ready()``, send SIGINT, return the exit code and stderr."""
+def interrupt(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float = 300,
+              sig: int = signal.SIGINT) -> tuple[int, str]:
+    """Wait until ``ready()``, send ``sig``, return the exit code and stderr."""
     deadline = time.monotonic() + timeout
     while not ready() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -52,7 +53,7 @@ def interrupt(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float 
         proc.kill()
         out, err = proc.communicate()
         pytest.fail(f"the command was not under way in time (exit {proc.returncode}): {err[-2000:]}")
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     return proc.returncode, err
 
@@ -79,6 +80,17 @@ def test_ctrl_c_during_train_keeps_the_last_checkpoint(children, data_dir, tmp_p
     resumed = children.run(resume_argv(data_dir, run, "--epochs", "2"))  # and it continues from there
     assert resumed.exitcode == 0, resumed.stderr
     assert resumed.json()["epochs_run"] >= 1
+
+
+def test_sigterm_stops_train_as_ctrl_c_does(data_dir, tmp_path):
+    runs = tmp_path / "runs"
+    run = runs / "r"
+    proc = start_installed("train", "-d", "synthetic", "--data-dir", data_dir, "--runs-dir", runs, "--name", "r",
+                           *LONG, "--device", "cpu", "-q")
+    code, err = interrupt(proc, lambda: (run / "checkpoints" / "last.ckpt").is_file(), sig=signal.SIGTERM)
+    assert code == 130, err
+    assert f"cml train --resume {run}" in stopped_line(err)
+    assert "last.ckpt" in all_checkpoints_complete(run) and no_temporaries(run)
 
 
 def test_ctrl_c_during_preprocess_changes_nothing(tmp_path):
