@@ -103,3 +103,15 @@ studies: study-baselines study-ablation study-cutoffs study-tuned study-peers st
 # The same pipeline on tiny synthetic data, one epoch (a few minutes): pages in runs/smoke/results/.
 studies-smoke: $(STAMP)
 	$(BIN)/python experiments/run_study.py --smoke baselines ablation cutoffs
+
+# Issue 21: the `default` preset chosen leave-one-dataset-out (experiments/default_preset.py):
+# every candidate CML configuration on every dataset, one seed, at most 60 epochs with early
+# stopping; writes experiments/results/default-preset.md and .json. Resumable: rerun to continue.
+# Quick check on synthetic data: `make default-preset DEFAULT_PRESET_DATASETS=synthetic
+# DEFAULT_PRESET="--candidates current,d64-l2 --epochs 2 --out /tmp/dp"`.
+DEFAULT_PRESET_DATASETS ?= retailrocket,tmall-mbcgcn,tmall,ijcai,synthetic
+DEFAULT_PRESET ?=
+.PHONY: default-preset
+default-preset: $(STAMP)
+	$(BIN)/python experiments/default_preset.py --datasets $(DEFAULT_PRESET_DATASETS) --data-dir data \
+		--runs-dir runs/default-preset --out experiments/results $(DEFAULT_PRESET)
