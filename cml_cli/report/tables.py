@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from cml_cli import registry
+from cml_cli.collapse import table_note
 from cml_cli.data.store import GRID_FILE, read_grid
 from cml_cli.errors import InputError
 from cml_cli.listing import Listing
@@ -134,6 +135,7 @@ def collect(grid_dir: Path, grid: dict[str, Any] | None = None, variants: list[s
                            best_epoch=final.get("best_epoch"), seconds_per_epoch=final.get("seconds_per_epoch"),
                            model=final.get("model"))
                 row.update({f"test:{k}": v for k, v in _flat_test(final).items()})
+                row["collapse"] = "; ".join((final.get("collapse") or {}).get("reasons", []))
             elif run in failed:
                 row.update(status="failed", error=failed[run])
             else:
@@ -237,7 +239,7 @@ class Table:
         if self.beyond():
             out.append(f"{', '.join(map(label, self.beyond()))}: full ranking over all items (each user's "
                        "purchases masked)")
-        return out + self.blank_p()
+        return out + self.blank_p() + table_note(self.runs)
 
     def blank_p(self) -> list[str]:
         """Why a p-value column is blank, when one is: one seed, or rows without two seeds in
@@ -446,7 +448,7 @@ def table_markdown(table: Table) -> str:
              "items in some user's top 10; Personalization@10: 1 − mean top-10 overlap of user pairs; ARP@10: mean "
              "training interactions of the top-10 items (lower: less popularity-bound).",
              "", _md(header, rows, ["l", "r"] + ["r"] * (len(header) - 3) + ["l"]),
-             *(["", *(f"*Note:* {n}." for n in table.blank_p())] if table.blank_p() else [])]
+             *(["", *(f"*Note:* {n}." for n in under)] if (under := table.blank_p() + table_note(table.runs)) else [])]
     families: dict[str, list[str]] = {}
     for m in table.metrics:
         mm = _METRIC.match(m)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cml_cli.collapse import check_run, warning_line
 from cml_cli.config import RunConfig, check_cutoffs
 from cml_cli.data.dataset import MultiBehaviorDataset
 from cml_cli.data.store import (
@@ -377,5 +378,8 @@ def _finish(run: RunDir, ds: MultiBehaviorDataset, cfg: RunConfig, trainer: Trai
     if evaluate_test:
         result["test"]["full"] = evaluate_full(scorer, ds, "test", ks, device=trainer.device)
     result["valid"] = evaluate_sampled(scorer, ds.valid, ks, cfg.eval_batch, trainer.device) if has_valid else {}
+    result.update(check_run(ds, cfg.model, result, trainer.device))
     write_json_atomic(run.final, result)
+    if warning_line(result):
+        _warn(warning_line(result))
     return result
