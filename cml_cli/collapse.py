@@ -87,8 +87,10 @@ def warning_line(result: dict[str, Any]) -> str | None:
         return None
     model = result.get("model", "cml")
     tune = f"cml tune --dataset {result.get('dataset', 'NAME')}" + ("" if model == "cml" else f" --model {model}")
-    return (f"{result.get('run_dir', 'this run')} ranks nearly the same items for every user (test, full ranking: "
-            f"{'; '.join(record['reasons'])}); its settings do not suit this dataset: try `{tune}`")
+    alike = any(not r.startswith("full HR") for r in record["reasons"])
+    what = "ranks nearly the same items for every user" if alike else "ranks below popularity"
+    return (f"{result.get('run_dir', 'this run')} {what} (test, full ranking: {'; '.join(record['reasons'])}); "
+            f"its settings do not suit this dataset: try `{tune}`")
 
 
 def table_note(runs: list[dict[str, Any]]) -> list[str]:

@@ -88,11 +88,10 @@ def ensure_dataset(name: str, args) -> Path:
     path = Path(args.data_dir) / name
     if (path / "manifest.json").is_file():
         return path
-    print(f"preprocessing {name} into {_arg(path)}", file=sys.stderr, flush=True)
     Path(args.data_dir).mkdir(parents=True, exist_ok=True)
     if name == "synthetic" or name.startswith("synthetic-"):
-        size = name.partition("-")[2] or "tiny"
-        preprocess("synthetic", name=name, data_dir=Path(args.data_dir), size=size)
+        print(f"preprocessing {name} into {_arg(path)}", file=sys.stderr, flush=True)
+        preprocess("synthetic", name=name, data_dir=Path(args.data_dir), size=name.partition("-")[2] or "tiny")
         return path
     shared = tomllib.loads((HERE / "datasets.toml").read_text())["datasets"]
     if name not in shared:
@@ -102,6 +101,7 @@ def ensure_dataset(name: str, args) -> Path:
     source = Path(args.shared) / spec["source"]
     if not source.exists():
         raise SystemExit(f"error: {source}: missing (pass --shared DIR, the folder of the published datasets)")
+    print(f"preprocessing {name} into {_arg(path)}", file=sys.stderr, flush=True)
     preprocess(name, source, fmt=spec["format"], data_dir=Path(args.data_dir), valid=not spec.get("no_valid"))
     return path
 
@@ -361,5 +361,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cli() -> int:
+    """:func:`main` with one line on stderr for a known failure (rerun the same command to
+    continue: finished runs are reused, interrupted ones resumed)."""
+    from cml_cli.errors import CMLError, Interrupted
+
+    try:
+        return main()
+    except CMLError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except Interrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -28,6 +28,14 @@ def test_a_good_run_breaks_no_rule():
     assert warning_line({"collapse": record}) is None
 
 
+def test_the_warning_says_what_kind_of_collapse():
+    below = warning_line({"dataset": "d", "collapse": collapse_record({**GOOD, "hr@10": 0.02}, 0.03)})
+    alike = warning_line({"dataset": "d", "model": "bpr-mf",
+                          "collapse": collapse_record({**GOOD, "personalization@10": 0.1}, 0.03)})
+    assert "ranks below popularity" in below and below.endswith("try `cml tune --dataset d`")
+    assert "nearly the same items for every user" in alike and alike.endswith("`cml tune --dataset d --model bpr-mf`")
+
+
 @pytest.mark.parametrize("change, rule", [
     ({"hr@10": 0.02}, "full HR@10 0.0200 < popularity's 0.0300"),
     ({"personalization@10": 0.2}, "personalization@10 0.200 < 0.5"),
