@@ -12,10 +12,10 @@ A run is *collapsed* when, on the test split under full ranking (:func:`cml_cli.
 
 The coverage floor is measured (experiments/results/tuned.md and collapse.md, test split, seed 0
 or mean of three seeds): item-kNN reaches coverage@10 0.33-0.78 on the four shared datasets and
-CML at the tuned presets with the LightGCN backbone 0.11-0.41, while CML with the paper's encoder, which ranks nearly one
-list for everyone, stays at 0.0014-0.0078 and popularity at 0.0003-0.0010. The weakest model that
-is not collapsed, LightGCN on the merged behaviors, has 0.014-0.12 (with personalization@10
-0.52-0.84 and full HR@10 above popularity's). A floor of 0.01 lies between the two groups: 30 times
+CML at the tuned presets (LightGCN backbone) 0.11-0.41, while CML with the paper's encoder, which
+ranks nearly one list for everyone, stays at 0.0014-0.0078 and popularity at 0.0003-0.0010. The
+weakest model that is not collapsed, LightGCN on the merged behaviors, has 0.014-0.12 (with
+personalization@10 0.52-0.84 and full HR@10 above popularity's). A floor of 0.01 lies between the two groups: 30 times
 below item-kNN's lowest, above every collapsed run measured. Scaled by the attainable coverage,
 it also holds where the test users are too few to fill :math:`|I|` top-10 slots.
 
