@@ -35,11 +35,11 @@ PUBLISHED = {"hr@10": 0.3324, "ndcg@10": 0.1626}
 
 def ensure_dataset(data_dir: Path) -> None:
     """Preprocess the MB-CGCN files without a validation split into ``data_dir`` when missing."""
-    from cml_cli.data.preprocess import preprocess
+    from cml_cli.data.preprocess import ReadOptions, preprocess
 
     if not (data_dir / DATASET / "manifest.json").is_file():
-        preprocess("tmall", SHARED / "tmall" / "mbcgcn-format", fmt="mbcgcn", name=DATASET, data_dir=data_dir,
-                   valid=False)
+        preprocess("tmall", SHARED / "tmall" / "mbcgcn-format", ReadOptions(fmt="mbcgcn"), name=DATASET,
+                   data_dir=data_dir, valid=False)
 
 
 def measure(data_dir: Path, overrides: list[str]) -> dict:

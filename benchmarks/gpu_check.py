@@ -18,8 +18,7 @@ from pathlib import Path
 
 import torch
 
-from cml_cli.config import dataset_preset_name, resolve_config
-from cml_cli.data.store import read_manifest
+from cml_cli.config import config_for_dataset
 from cml_cli.train.loop import train
 
 MODELS = ("cml", "lightgcn-merged", "mbcgcn", "crgcn", "itemknn-merged")
@@ -33,7 +32,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="where gpu_check.json goes")
     parser.add_argument("--runs-dir", type=Path, default=Path("/tmp/cml-gpu-runs"))
     args = parser.parse_args()
-    preset = dataset_preset_name(read_manifest(args.data_dir / args.dataset))
     out = {"cuda": torch.cuda.is_available(), "device_name": torch.cuda.get_device_name(0)
            if torch.cuda.is_available() else None, "torch": torch.__version__, "results": []}
     for model in MODELS:
@@ -41,8 +39,9 @@ def main() -> None:
         try:
             finals = []
             for rep in range(2):
-                cfg = resolve_config(preset, overrides={"model": model, "epochs": args.epochs, "device": "auto",
-                                                        "pretrain_epochs": 1 if model == "mbcgcn" else 0})
+                cfg = config_for_dataset(args.dataset, {"model": model, "epochs": args.epochs, "device": "auto",
+                                                        "pretrain_epochs": 1 if model == "mbcgcn" else 0},
+                                         data_dir=args.data_dir)
                 started = time.perf_counter()
                 final = train(args.dataset, cfg, data_dir=args.data_dir, runs_dir=args.runs_dir,
                               name=f"{model}-{rep}", force=True)

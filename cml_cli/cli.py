@@ -204,7 +204,7 @@ def preprocess(
     check_name(name if name is not None else dataset, "--name" if name is not None else "--dataset")
     behavior_list = _split_list(behaviors, "--behaviors")
     check_writable_dir(_data_dir(data_dir), "--data-dir", parent_must_exist=True)  # before any work
-    from cml_cli.data.preprocess import DATASETS, dataset_preset
+    from cml_cli.data.preprocess import DATASETS, ReadOptions, dataset_preset
     from cml_cli.data.preprocess import preprocess as run
 
     if dataset_preset(dataset) is None and did_you_mean(dataset, DATASETS):
@@ -215,8 +215,8 @@ def preprocess(
         "behavior_col": behavior_col, "time_col": time_col, "kcore": kcore or None,
     }.items() if v is not None}
     with _stoppable():
-        path, ds = run(dataset, source, fmt=fmt, name=name, data_dir=_data_dir(data_dir), seed=seed,
-                       valid=not no_valid, behaviors=behavior_list, size=size, events_options=events_options)
+        path, ds = run(dataset, source, ReadOptions(fmt, behavior_list, size, events_options), name=name,
+                       data_dir=_data_dir(data_dir), seed=seed, valid=not no_valid)
     stats = {**ds.stats(), "path": str(path)}
     if as_json:
         _print_json(stats)
@@ -294,9 +294,8 @@ def train_cmd(
 ) -> None:
     """Train CML (or a baseline) with a preset, checkpoints and progress (a bar on a terminal,
     a line per epoch elsewhere; also with --json)."""
-    from cml_cli.config import dataset_preset_name, parse_set, resolve_config
-    from cml_cli.data.store import check_name, check_writable_dir, read_manifest, resolve_dataset_dir
-    from cml_cli.train.rundir import RunDir
+    from cml_cli.config import config_for_dataset, parse_set
+    from cml_cli.train.rundir import RunDir, check_run_target
 
     # Options are checked before torch is imported: a mistake costs no start-up time.
     if resume is not None:
@@ -309,20 +308,17 @@ def train_cmd(
     elif dataset is None:
         raise InputError("--dataset is required (or --resume RUN_DIR)")
     else:
-        if name is not None:
-            RunDir(runs_dir / check_name(name, "--name")).check_replaceable(force)
-        check_writable_dir(runs_dir, "--runs-dir", parent_must_exist=True)  # before any work
-        manifest = read_manifest(resolve_dataset_dir(dataset, data_dir))
+        check_run_target(runs_dir, name, force, what="--runs-dir", parent_must_exist=True)  # before any work
         overrides = parse_set(set_)
         for key, value in (("epochs", epochs), ("patience", patience), ("seed", seed), ("device", device),
                            ("protocol", protocol)):
             if value is not None:
                 overrides[key] = value
-        cfg = resolve_config(preset or dataset_preset_name(manifest), config, overrides)
+        cfg = config_for_dataset(dataset, overrides, data_dir=data_dir, preset=preset, config_file=config)
     tracking = _tracking(track)
     tracker = tracking.check().tracker() if tracking else None
+    from cml_cli.train.loop import Watch, train
     from cml_cli.train.loop import resume as resume_run
-    from cml_cli.train.loop import train
 
     progress = _train_progress(quiet)
     with _stoppable():
@@ -330,7 +326,7 @@ def train_cmd(
             result = resume_run(resume, data_dir=data_dir, progress=progress, epochs=epochs, tracker=tracker)
         else:
             result = train(dataset, cfg, data_dir=data_dir, runs_dir=runs_dir, name=name, force=force,
-                           progress=progress, tracker=tracker)
+                           watch=Watch(progress, tracker))
     if as_json:
         _print_json(result)
     else:
@@ -365,10 +361,8 @@ def evaluate(
         _note("`cml evaluate --format` is deprecated (preprocess's --format is the input format): use --output or "
               "--json")
         output = old_format
-    for option, value, allowed in (("--ranking", ranking, ("sampled", "full")), ("--output", output, OUTPUTS),
-                                   ("--checkpoint", checkpoint, ("best", "last")), ("--split", split, ("test", "valid"))):
-        if value not in allowed:
-            raise InputError(f"{option}: '{value}' is not one of {', '.join(allowed)}{did_you_mean(value, allowed)}")
+    if output not in OUTPUTS:  # the rendering is the command line's; evaluate_run checks the rest
+        raise InputError(f"--output: '{output}' is not one of {', '.join(OUTPUTS)}{did_you_mean(output, OUTPUTS)}")
     output = "json" if as_json else output
     cutoffs = _cutoffs(ks) if ks is not None else None
     from cml_cli.train.evaluate_run import evaluate_run
@@ -485,7 +479,7 @@ def ablate(
 ) -> None:
     """Run a grid of variants x seeds (reusing finished runs) and write the comparison table.
     Progress (each run's epochs) goes to stderr, also with --json."""
-    from cml_cli.ablate import Execution, parse_seeds, run_grid
+    from cml_cli.ablate import Execution, GridOptions, parse_seeds, run_grid
     from cml_cli.config import parse_set
     from cml_cli.errors import RunError
     from cml_cli.report import grid_tables, table_listing
@@ -510,10 +504,11 @@ def ablate(
                       f"log {escape(_rel(info['log']))}", highlight=False)
 
     with _stoppable(), follower:
-        result = run_grid(dataset, _split_list(variants, "--variants"), parse_seeds(seeds), parse_set(set_),
-                          name=name, runs_dir=runs_dir, data_dir=data_dir,
-                          execution=Execution(jobs, executor, ray_address, _tracking(track)),
-                          variants_file=variants_file, configs=config, on_event=on_event, command=_command())
+        options = GridOptions(_split_list(variants, "--variants"), parse_seeds(seeds), parse_set(set_), variants_file,
+                              config)
+        result = run_grid(dataset, options, name=name, runs_dir=runs_dir, data_dir=data_dir,
+                          execution=Execution(jobs, executor, ray_address, _tracking(track)), on_event=on_event,
+                          command=_command())
     table = grid_tables(Path(result["grid_dir"]), result["variants"], result["seeds"])
     if as_json:
         _print_json(table.to_dict())
@@ -637,17 +632,15 @@ def tune(
     model's default configuration for comparison, then train the best configuration and
     evaluate its test split once. Progress goes to stderr, also with --json."""
     from cml_cli.config import parse_set
-    from cml_cli.tune import run_tune
+    from cml_cli.tune import TuneOptions, run_tune
 
-    overrides = parse_set(set_)
-    tracking = _tracking(track)
     if trials is None and until is None and timeout is None:
         trials = 10
+    options = TuneOptions(trials=trials, until=until, timeout=timeout, jobs=jobs, space=space, storage=storage,
+                          seed=seed, pruner=not no_prune, overrides=parse_set(set_), tracking=_tracking(track))
     with _stoppable(), TuneDisplay(trials or until) as display:
-        result = run_tune(dataset, model, trials=trials, until=until, timeout=timeout, jobs=jobs, name=name,
-                          overrides=overrides, space=space, storage=storage, seed=seed, pruner=not no_prune,
-                          runs_dir=runs_dir, data_dir=data_dir, on_event=display,
-                          command=_command(), tracking=tracking)
+        result = run_tune(dataset, model, options, name=name, runs_dir=runs_dir, data_dir=data_dir, on_event=display,
+                          command=_command())
     for key in ("best_config", "best_run", "default_run", "tune_dir"):
         result[key] = _rel(result[key])
     if "://" not in result["storage"]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cml_cli import registry
+from cml_cli.data.limits import SEED_MAX
 from cml_cli.errors import InputError, did_you_mean
 
 # The cut-offs every command reports unless told otherwise (``cml train``, ``cml evaluate``).
@@ -233,7 +234,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "blend_norm": ("rank", "zscore"),
 }
 DEVICE = re.compile(r"cuda:\d{1,3}")
-SEED_MAX = 2**32 - 1
 # Inclusive bounds of the integer keys (lists: of each element). The upper bounds are far
 # above any useful setting and low enough that no value can exhaust memory or overflow an
 # integer type; cut-offs are also checked against the dataset's item count when it is read.
@@ -469,6 +469,23 @@ def resolve_config(
     :func:`compose`), validated."""
     layers = [load_toml(config_file)] if config_file is not None else []
     return compose(preset, [*layers, overrides or {}]).validate()
+
+
+def config_for_dataset(
+    dataset: str | Path,
+    overrides: dict[str, Any] | None = None,
+    *,
+    data_dir: Path | None = None,
+    preset: str | None = None,
+    config_file: Path | None = None,
+) -> RunConfig:
+    """The resolved config of a run on a processed dataset: ``preset`` (default: the dataset's,
+    :func:`dataset_preset_name`), the model's settings, ``config_file``, then ``overrides``
+    (``--set``), validated. What ``cml train --dataset`` runs; scripts use it the same way."""
+    from cml_cli.data.store import read_manifest, resolve_dataset_dir
+
+    manifest = read_manifest(resolve_dataset_dir(dataset, data_dir))
+    return resolve_config(preset or dataset_preset_name(manifest), config_file, overrides)
 
 
 def dataset_preset_name(manifest: dict[str, Any]) -> str:

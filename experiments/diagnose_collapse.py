@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cml_cli.config import dataset_preset_name, parse_set, resolve_config
-from cml_cli.data.store import read_manifest, resolve_dataset_dir
+from cml_cli.config import config_for_dataset, parse_set
+from cml_cli.data.store import resolve_dataset_dir
 from cml_cli.evaluate import evaluate_full, evaluate_sampled
-from cml_cli.registry import make_trainer
+from cml_cli.train.factory import make_trainer
 from cml_cli.train.loop import load_run_dataset
 from cml_cli.train.rundir import command_line, git_revision, machine
 
@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     ds_dir = resolve_dataset_dir(args.dataset, args.data_dir)
-    cfg = resolve_config(args.preset or dataset_preset_name(read_manifest(ds_dir)), None,
-                         {**parse_set(args.sets), "epochs": args.epochs, "device": "cpu"})
+    cfg = config_for_dataset(ds_dir, {**parse_set(args.sets), "epochs": args.epochs, "device": "cpu"},
+                             preset=args.preset)
     ds = load_run_dataset(ds_dir, cfg)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)

@@ -279,7 +279,7 @@ def published_runs(grid: dict, args, tuned: list[dict]) -> list[dict]:
     return out
 
 
-def run_grid(grid: dict, args, figures_dir: Path, slug: str, figures: list[str]) -> dict:
+def run_study_grid(grid: dict, args, figures_dir: Path, slug: str, figures: list[str]) -> dict:
     out: dict = {"grid": grid, "preprocess": ensure_dataset(grid, args)}
     configs = None
     if grid.get("tune"):
@@ -546,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
         study_path, study = load_study(name)
         slug = study["study"]["slug"]
         started = time.time()
-        results = [run_grid(g, args, args.results_dir / slug, slug, study["study"].get("figures", ["bars"]))
+        results = [run_study_grid(g, args, args.results_dir / slug, slug, study["study"].get("figures", ["bars"]))
                    for g in plan_grids(study, datasets, args)]
         if args.dry_run:
             continue

@@ -11,17 +11,18 @@ import pytest
 
 from cml_cli.ablate import (
     Execution,
-    _cores,
+    GridOptions,
     build_config,
     builtin_variants,
-    dir_name,
     load_variants_file,
     parse_seeds,
     registry,
     run_grid,
     select_variants,
+    usable_cores,
 )
 from cml_cli.errors import InputError
+from cml_cli.layout import run_dir_name as dir_name
 from cml_cli.report import grid_tables
 
 # Small and fast: one epoch of a one-layer, 8-dimensional CML on the tiny synthetic dataset.
@@ -36,9 +37,9 @@ max_lr = 1e31
 """
 
 
-def grid_run(*args, **kwargs) -> dict:
+def grid_run(dataset, variants, seeds, overrides, *, variants_file=None, **kwargs) -> dict:
     """``run_grid`` then the grid's tables (as ``cml ablate`` does): the result with ``"table"``."""
-    result = run_grid(*args, **kwargs)
+    result = run_grid(dataset, GridOptions(variants, seeds, overrides, variants_file), **kwargs)
     result["table"] = grid_tables(Path(result["grid_dir"]), result["variants"], result["seeds"]).to_dict()
     return result
 
@@ -273,7 +274,7 @@ def test_cli_runs_jobs_side_by_side_and_exits_1_naming_the_failed_run(grid, data
     assert "1 run(s) failed" in last and "diverge-s1" in last and "diverge-s1.log" in last
     for run in ("w-o-mce-s1", "diverge-s1"):
         log = (grid["dir"] / f"{run}.log").read_text()
-        assert "new " + run in log and f"{max(1, _cores() // 2)} torch threads" in log  # cores / jobs
+        assert "new " + run in log and f"{max(1, usable_cores() // 2)} torch threads" in log  # cores / jobs
     assert "finished in" in (grid["dir"] / "w-o-mce-s1.log").read_text()
     assert "FAILED: RunError" in (grid["dir"] / "diverge-s1.log").read_text()
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from cml_cli.config import RunConfig
-from cml_cli.data.preprocess import preprocess
+from cml_cli.data.preprocess import ReadOptions, preprocess
 from cml_cli.data.sampling import TripleSampler
 from cml_cli.errors import InputError
 from cml_cli.model.baselines import ItemKNNScorer, cosine_similarity, keep_neighbours, merged_matrix
-from cml_cli.registry import make_trainer
 from cml_cli.train.baseline_trainers import BPRTrainer, ItemKNNTrainer
 from cml_cli.train.checkpoint import load_checkpoint, save_checkpoint
 from cml_cli.train.evaluate_run import evaluate_run
+from cml_cli.train.factory import make_trainer
 from cml_cli.train.loop import train
 
 CPU = torch.device("cpu")
@@ -26,7 +26,7 @@ TRAINED = ["bpr-mf", "lightgcn-target", "lightgcn-merged"]
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("data")
-    _, ds = preprocess("synthetic", size="tiny", data_dir=data_dir)
+    _, ds = preprocess("synthetic", None, ReadOptions(size="tiny"), data_dir=data_dir)
     return data_dir, ds
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cml_cli import threads
-from cml_cli.data.preprocess import preprocess
+from cml_cli.data.preprocess import ReadOptions, preprocess
 from cml_cli.data.readers import synthetic
 from cml_cli.errors import InputError
 
@@ -171,7 +171,7 @@ def test_synthetic_size_counts():
 
 
 def test_synthetic_size_gives_about_the_requested_count(tmp_path):
-    _, ds = preprocess("synthetic", size="30k", data_dir=tmp_path)
+    _, ds = preprocess("synthetic", None, ReadOptions(size="30k"), data_dir=tmp_path)
     total = sum(len(ds.train[b]) for b in ds.behaviors)
     assert 0.85 * 30_000 <= total <= 1.15 * 30_000
     assert ds.behaviors == synthetic.BEHAVIORS

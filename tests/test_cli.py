@@ -250,7 +250,7 @@ def test_model_suggestions_read_the_registry(monkeypatch):
     from cml_cli.config import RunConfig
     from cml_cli.errors import InputError
 
-    monkeypatch.setitem(registry.MODELS, "cascadingrank", registry.ModelEntry("cascadingrank", "peer", "x:y", "new"))
+    monkeypatch.setitem(registry.MODELS, "cascadingrank", registry.ModelEntry("cascadingrank", "peer", "new"))
     with pytest.raises(InputError, match="did you mean 'cascadingrank'"):
         RunConfig(model="cascadingrnk").validate()
 

@@ -14,8 +14,9 @@ import torch
 
 from cml_cli import registry
 from cml_cli.config import resolve_config
-from cml_cli.data.preprocess import preprocess
+from cml_cli.data.preprocess import ReadOptions, preprocess
 from cml_cli.evaluate import evaluate_sampled
+from cml_cli.train.factory import TRAINERS, make_trainer
 from cml_cli.train.trainer import Trainer
 
 CPU = torch.device("cpu")
@@ -24,7 +25,7 @@ METHODS = sorted(name for name, value in vars(Trainer).items() if inspect.isfunc
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    _, ds = preprocess("synthetic", size="tiny", data_dir=tmp_path_factory.mktemp("data"))
+    _, ds = preprocess("synthetic", None, ReadOptions(size="tiny"), data_dir=tmp_path_factory.mktemp("data"))
     return ds
 
 
@@ -32,12 +33,16 @@ def _trainer(ds, model: str):
     cfg = resolve_config("default", None, {"model": model, "dim": "8", "layers": "1", "batch": "512",
                                            "pretrain_epochs": "0", "device": "cpu"})
     torch.manual_seed(0)
-    return registry.make_trainer(ds, cfg, CPU)
+    return make_trainer(ds, cfg, CPU)
 
 
 def _shape(fn) -> list[tuple[str, inspect._ParameterKind]]:
     """A callable's parameters as (name, kind), without ``self``."""
     return [(p.name, p.kind) for p in inspect.signature(fn).parameters.values() if p.name != "self"]
+
+
+def test_the_factory_builds_every_registry_model_and_no_other():
+    assert list(TRAINERS) == list(registry.MODELS)
 
 
 def test_the_protocol_lists_the_loop_s_methods():

@@ -107,7 +107,7 @@ def test_kcore_holds(rows, k):
     with tempfile.TemporaryDirectory() as td:
         path = _write(rows, Path(td) / "log.csv")
         try:
-            raw = events.read(path, kcore=k)
+            raw = events.read(path, events.EventsOptions(kcore=k))
         except InputError:
             return
     u_count = [0] * raw.n_users
@@ -141,7 +141,7 @@ def test_invalid_rows_are_input_errors(rows, bad, at):
         path = Path(td) / "log.csv"
         path.write_text("user,item,behavior,timestamp\n" + "\n".join(good_rows) + "\n")
         with pytest.raises(InputError):
-            events.read(path, behaviors=BEHAVIORS)
+            events.read(path, events.EventsOptions(behaviors=BEHAVIORS))
 
 
 @SETTINGS
@@ -152,7 +152,7 @@ def test_arbitrary_bytes_only_input_errors(data, suffix, preset):
         path = Path(td) / f"log{suffix}"
         path.write_bytes(data)
         try:
-            events.read(path, preset=preset)
+            events.read(path, events.EventsOptions(preset=preset))
         except InputError:
             pass
 
@@ -169,7 +169,7 @@ def test_csv_like_text_only_input_errors(body, header, gz, kcore):
         content = (header + body).encode()
         path.write_bytes(gzip.compress(content) if gz else content)
         try:
-            raw = events.read(path, kcore=kcore)
+            raw = events.read(path, events.EventsOptions(kcore=kcore))
         except InputError:
             return
     assert raw.behaviors[-1] == "buy" and len(raw.test_user) >= 1

@@ -269,8 +269,8 @@ def test_events_integer_ids_sort_numerically(tmp_path):
 def test_events_custom_columns_behavior_map_and_sep(tmp_path):
     path = tmp_path / "l.txt"
     path.write_text("a;b;c;t\n1;1;P;1\n1;2;P;2\n2;1;P;3\n2;2;P;1\n1;3;C;0\n")
-    raw = events.read(path, user_col="a", item_col="b", behavior_col="c", time_col="t", sep=";",
-                      behavior_map={"P": "buy", "C": "click"})
+    raw = events.read(path, events.EventsOptions(user_col="a", item_col="b", behavior_col="c", time_col="t", sep=";",
+                      behavior_map={"P": "buy", "C": "click"}))
     assert raw.behaviors == ["click", "buy"]
     assert raw.test_item.tolist() == [1, 0]
 
@@ -279,7 +279,7 @@ def test_events_kcore(tmp_path):
     rows = [(u, i, "buy", u * 10 + i) for u in range(4) for i in range(3)]
     rows += [(9, 0, "buy", 1), (9, 7, "view", 2), (8, 8, "buy", 3)]
     df = pd.DataFrame(rows, columns=["user", "item", "behavior", "timestamp"])
-    raw = events.read(_write(df, tmp_path / "l.csv"), kcore=3)
+    raw = events.read(_write(df, tmp_path / "l.csv"), events.EventsOptions(kcore=3))
     assert (raw.n_users, raw.n_items) == (4, 3)
     assert raw.info["kcore_rounds"] >= 1 and len(raw.test_user) == 4
     raw = events.read(tmp_path / "l.csv")
@@ -290,17 +290,17 @@ def test_events_presets(tmp_path):
     tb = tmp_path / "UserBehavior.csv"
     tb.write_text("1,100,5,pv,1511544070\n1,101,5,buy,1511544071\n1,102,5,buy,1511544072\n"
                   "2,100,5,fav,1511544073\n2,100,5,buy,1511544074\n2,103,6,cart,1511544075\n")
-    raw = events.read(tb, preset="taobao")
+    raw = events.read(tb, events.EventsOptions(preset="taobao"))
     assert raw.behaviors == ["pv", "fav", "cart", "buy"]
     assert raw.test_user.tolist() == [0] and raw.test_item.tolist() == [2]
     # restricting a preset's behaviors drops its known values
-    raw = events.read(tb, preset="taobao", behaviors=["fav", "buy"])
+    raw = events.read(tb, events.EventsOptions(preset="taobao", behaviors=["fav", "buy"]))
     assert raw.behaviors == ["fav", "buy"] and raw.info["n_dropped_behavior_events"] == 2
 
     ij = tmp_path / "user_log_format1.csv"
     ij.write_text("user_id,item_id,cat_id,seller_id,brand_id,time_stamp,action_type\n"
                   "7,1,1,1,1,1111,2\n7,2,1,1,1,1110,2\n7,3,1,1,1,511,0\n7,4,1,1,,601,3\n8,1,1,1,1,601,1\n")
-    raw = events.read(ij, preset="ijcai")
+    raw = events.read(ij, events.EventsOptions(preset="ijcai"))
     assert raw.behaviors == ["click", "fav", "cart", "buy"]
     assert raw.test_item.tolist() == [0]  # MMDD 1111 is the latest
     assert [len(raw.train[b]) for b in raw.behaviors] == [1, 1, 1, 1]
@@ -309,7 +309,7 @@ def test_events_presets(tmp_path):
     rr.write_text("timestamp,visitorid,event,itemid,transactionid\n"
                   "1433221332117,257597,view,355908,\n1433224214164,257597,addtocart,248676,\n"
                   "1433224214165,257597,transaction,248676,4000\n1433224214166,257597,transaction,355908,4001\n")
-    raw = events.read(rr, preset="retailrocket")
+    raw = events.read(rr, events.EventsOptions(preset="retailrocket"))
     assert raw.behaviors == ["view", "cart", "buy"]
     assert raw.test_item.tolist() == [1] and pairs(raw.train["buy"]) == {(0, 0)}
 
@@ -317,15 +317,15 @@ def test_events_presets(tmp_path):
 def test_events_preset_drops_behaviors_without_events(tmp_path):
     tb = tmp_path / "UserBehavior.csv"
     tb.write_text("1,100,5,pv,1\n1,101,5,buy,2\n1,102,5,buy,3\n")
-    raw = events.read(tb, preset="taobao")
+    raw = events.read(tb, events.EventsOptions(preset="taobao"))
     assert raw.behaviors == ["pv", "buy"] and raw.info["missing_behaviors"] == ["fav", "cart"]
     with pytest.raises(InputError, match=r"no events of behavior\(s\) \['cart'\]"):
-        events.read(tb, preset="taobao", behaviors=["pv", "cart", "buy"])
+        events.read(tb, events.EventsOptions(preset="taobao", behaviors=["pv", "cart", "buy"]))
 
 
 def _err(path: Path, match: str, **kw):
     with pytest.raises(InputError, match=match) as e:
-        events.read(path, **kw)
+        events.read(path, events.EventsOptions(**kw))
     assert str(path.name) in str(e.value)
 
 
@@ -363,7 +363,7 @@ def test_events_errors(tmp_path):
             path.write_text(content)
         if name in ("preset.csv", "dup.csv"):  # option errors, not file errors
             with pytest.raises(InputError, match=match):
-                events.read(path, **kw)
+                events.read(path, events.EventsOptions(**kw))
             continue
         _err(path, match, **kw)
     (tmp_path / "bin.csv").write_bytes(b"user,item,behavior\n\xff\xfe,1,buy\n")

@@ -10,7 +10,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from cml_cli.data.dataset import Interactions, build_dataset
+from cml_cli.data.dataset import BuildOptions, Interactions, build_dataset
 from cml_cli.data.readers import synthetic
 from cml_cli.data.store import ARRAYS, MANIFEST, list_datasets, load_dataset, save_dataset
 from cml_cli.errors import InputError, RunError
@@ -19,9 +19,7 @@ from cml_cli.errors import InputError, RunError
 @pytest.fixture(scope="module")
 def tiny():
     raw = synthetic.read("tiny", seed=3)
-    return build_dataset(name="tiny", behaviors=raw.behaviors, n_users=raw.n_users, n_items=raw.n_items,
-                         train=raw.train, test_user=raw.test_user, test_item=raw.test_item, seed=3,
-                         preset="default", source="synthetic:tiny")
+    return build_dataset(raw, "tiny", BuildOptions(seed=3, preset="default", source="synthetic:tiny"))
 
 
 def assert_same(a, b) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cml_cli.data.dataset import Split
-from cml_cli.data.preprocess import preprocess
+from cml_cli.data.preprocess import ReadOptions, preprocess
 from cml_cli.evaluate import EmbeddingScorer, evaluate_full, evaluate_sampled, known_items, sampled_metrics
 
 KS = [1, 3, 5, 10]
@@ -116,7 +116,7 @@ def test_evaluate_sampled_scores_fixed_candidates_in_batches():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    _, ds = preprocess("synthetic", size="tiny", data_dir=tmp_path_factory.mktemp("data"))
+    _, ds = preprocess("synthetic", None, ReadOptions(size="tiny"), data_dir=tmp_path_factory.mktemp("data"))
     return ds
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cml_cli.config import RunConfig
-from cml_cli.data.preprocess import preprocess
+from cml_cli.data.preprocess import ReadOptions, preprocess
 from cml_cli.model.encoder import BehaviorEncoder
 from cml_cli.model.propagation import BehaviorGraph
 from cml_cli.model.weighting import MetaWeightNet
@@ -18,7 +18,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    _, ds = preprocess("synthetic", size="tiny", data_dir=tmp_path_factory.mktemp("data"))
+    _, ds = preprocess("synthetic", None, ReadOptions(size="tiny"), data_dir=tmp_path_factory.mktemp("data"))
     return ds
 
 
@@ -312,10 +312,10 @@ def test_hold_out_mirrors_the_test_split(tmp_path):
     import numpy as np
 
     from cml_cli.config import RunConfig
-    from cml_cli.data.preprocess import preprocess
+    from cml_cli.data.preprocess import ReadOptions, preprocess
     from cml_cli.train.cml_trainer import CMLSampler
 
-    _, ds = preprocess("synthetic", size="tiny", data_dir=tmp_path)
+    _, ds = preprocess("synthetic", None, ReadOptions(size="tiny"), data_dir=tmp_path)
     cfg = RunConfig(hold_out=True, batch=64)
     sampler = CMLSampler(ds, cfg, torch.device("cpu"))
     assert sampler.hold_out_everywhere

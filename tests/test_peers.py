@@ -9,11 +9,11 @@ import torch
 from torch_geometric.nn.models import LightGCN
 
 from cml_cli.config import RunConfig, resolve_config
-from cml_cli.data.preprocess import preprocess
+from cml_cli.data.preprocess import ReadOptions, preprocess
 from cml_cli.model.cml import CML, Batch, CMLOptions, Triples
 from cml_cli.model.encoder import LightGCNBehaviorEncoder
 from cml_cli.model.propagation import BehaviorGraph, lightgcn
-from cml_cli.registry import make_trainer
+from cml_cli.train.factory import make_trainer
 from cml_cli.train.loop import train
 
 CPU = torch.device("cpu")
@@ -23,7 +23,7 @@ PEERS = ["mbcgcn", "crgcn"]
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("data")
-    _, ds = preprocess("synthetic", size="tiny", data_dir=data_dir)
+    _, ds = preprocess("synthetic", None, ReadOptions(size="tiny"), data_dir=data_dir)
     return data_dir, ds
 
 

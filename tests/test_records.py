@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from cml_cli.config import resolve_config
-from cml_cli.data.preprocess import preprocess
+from cml_cli.data.preprocess import ReadOptions, preprocess
 from cml_cli.train.loop import train
 from cml_cli.train.rundir import command_line
 
@@ -27,7 +27,7 @@ def test_command_line_writes_absolute_paths_relative():
 
 def test_run_manifest_records_the_command_without_machine_paths(tmp_path, monkeypatch):
     data = tmp_path / "data"
-    preprocess("synthetic", size="tiny", data_dir=data)
+    preprocess("synthetic", None, ReadOptions(size="tiny"), data_dir=data)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", [str(tmp_path / "bin" / "cml"), "train", "--data-dir", str(data)])
     cfg = resolve_config("default", None, {"model": "popularity", "ks": "10"})

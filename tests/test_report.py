@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cml_cli.ablate import run_grid
+from cml_cli.ablate import GridOptions, run_grid
 from cml_cli.errors import InputError
 from cml_cli.report import build_report, findings, grid_tables, load_grid, summarize_grid
 
@@ -24,7 +24,7 @@ def grid_dir(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("report")
     preprocess("synthetic", data_dir=root / "data")
-    result = run_grid("synthetic", ["cml", "w/o-clf", "adj-none"], [0, 1], FAST, name="rep",
+    result = run_grid("synthetic", GridOptions(["cml", "w/o-clf", "adj-none"], [0, 1], FAST), name="rep",
                       runs_dir=root / "runs", data_dir=root / "data")
     assert result["failed"] == []
     grid_tables(Path(result["grid_dir"]))

@@ -16,14 +16,14 @@ import scipy.sparse as sp
 import torch
 
 from cml_cli.config import RunConfig
-from cml_cli.data.preprocess import preprocess
+from cml_cli.data.preprocess import ReadOptions, preprocess
 from cml_cli.errors import InputError
 from cml_cli.evaluate import evaluate_full
 from cml_cli.model.blend import normalise
 from cml_cli.model.history import History
 from cml_cli.model.peers.cascadingrank import CascadingRank
 from cml_cli.model.scoring import RowScorer, behavior_matrix
-from cml_cli.registry import make_trainer
+from cml_cli.train.factory import make_trainer
 from cml_cli.train.loop import train
 
 CPU = torch.device("cpu")
@@ -32,7 +32,7 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("sota") / "data"
-    _, ds = preprocess("synthetic", size="tiny", data_dir=data_dir)
+    _, ds = preprocess("synthetic", None, ReadOptions(size="tiny"), data_dir=data_dir)
     return data_dir, ds
 
 
@@ -232,7 +232,7 @@ def test_blend_of_a_trained_member_refuses_trained_names_and_other_data(tiny_dir
     with pytest.raises(InputError, match="no such run directory"):
         make_trainer(ds, _cfg("blend", blend_runs=[str(tmp_path / "none")], blend_weights=[1.0, 1.0, 1.0]), CPU)
     other_dir = tmp_path / "other"
-    preprocess("synthetic", size="tiny", seed=1, data_dir=other_dir)
+    preprocess("synthetic", None, ReadOptions(size="tiny"), seed=1, data_dir=other_dir)
     train("synthetic", RunConfig(**member).validate(), data_dir=other_dir, runs_dir=tmp_path, name="mf-other")
     with pytest.raises(InputError, match="whose data differ"):
         make_trainer(ds, _cfg("blend", blend_runs=[str(tmp_path / "mf-other")], blend_weights=[1.0, 1.0, 1.0]), CPU)
@@ -258,12 +258,12 @@ def test_row_scorer_keeps_rows_up_to_its_budget():
 
 
 def test_the_three_through_cml_ablate(tiny_dir, tmp_path):
-    from cml_cli.ablate import registry, run_grid, select_variants
+    from cml_cli.ablate import GridOptions, registry, run_grid, select_variants
 
     assert [v.name for v in select_variants(registry(["view", "cart", "buy"]), ["sota"])] == \
         ["cascadingrank", "history", "blend"]
     data_dir, ds = tiny_dir
-    result = run_grid("synthetic", ["sota"], [0], {}, name="g", runs_dir=tmp_path, data_dir=data_dir)
+    result = run_grid("synthetic", GridOptions(["sota"], [0], {}), name="g", runs_dir=tmp_path, data_dir=data_dir)
     from cml_cli.report import grid_tables
 
     table = grid_tables(Path(result["grid_dir"]), result["variants"], result["seeds"])
@@ -277,9 +277,9 @@ def test_the_three_through_cml_ablate(tiny_dir, tmp_path):
 
 def test_tune_prunes_alpha_beta_draws_over_one(tiny_dir, tmp_path):
     pytest.importorskip("optuna")
-    from cml_cli.tune import run_tune
+    from cml_cli.tune import TuneOptions, run_tune
 
-    result = run_tune("synthetic", "cascadingrank", trials=6, name="t", runs_dir=tmp_path, data_dir=tiny_dir[0])
+    result = run_tune("synthetic", "cascadingrank", TuneOptions(trials=6), name="t", runs_dir=tmp_path, data_dir=tiny_dir[0])
     assert result["trials"] == 6 and result["best_params"]["cr_alpha"] + result["best_params"]["cr_beta"] <= 1 + 1e-9
     ran = [d for d in (tmp_path / "t").iterdir() if d.name.startswith("trial-")]
     assert len(ran) == 6 - result["pruned"]

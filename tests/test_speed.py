@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cml_cli.config import RunConfig
-from cml_cli.data.preprocess import preprocess
+from cml_cli.data.preprocess import ReadOptions, preprocess
 from cml_cli.model import propagation
 from cml_cli.model.propagation import BehaviorGraph, SparseMatrix
 from cml_cli.train.cml_trainer import CMLTrainer
@@ -20,7 +20,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    _, ds = preprocess("synthetic", size="tiny", data_dir=tmp_path_factory.mktemp("data"))
+    _, ds = preprocess("synthetic", None, ReadOptions(size="tiny"), data_dir=tmp_path_factory.mktemp("data"))
     return ds
 
 

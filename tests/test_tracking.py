@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cml_cli import tracking
-from cml_cli.ablate import run_grid
+from cml_cli.ablate import GridOptions, run_grid
 from cml_cli.cli import app
-from cml_cli.data.preprocess import preprocess
+from cml_cli.data.preprocess import ReadOptions, preprocess
 from cml_cli.errors import InputError
 from cml_cli.tracking import TensorBoardTracker, Tracking, tracked
 from cml_cli.train.progress import NullProgress
@@ -24,7 +24,7 @@ SMALL = ["--set", "dim=8", "--set", "layers=1", "--set", "ks=10"]
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     data = tmp_path_factory.mktemp("data")
-    preprocess("synthetic", size="tiny", data_dir=data)
+    preprocess("synthetic", None, ReadOptions(size="tiny"), data_dir=data)
     return data
 
 
@@ -107,7 +107,8 @@ def test_grid_is_one_experiment_with_a_run_per_variant_and_seed(data_dir, workdi
     _, runs = _mlflow_runs(workdir, "g")
     assert sorted(runs["tags.mlflow.runName"]) == ["itemknn-merged-s0", "itemknn-merged-s1", "popularity-s0", "popularity-s1"]
     assert set(runs["status"]) == {"FINISHED"} and runs["metrics.final/test/hr_at_10"].notna().all()
-    again = run_grid("synthetic", ["popularity", "itemknn-merged"], [0, 1], {"epochs": "1", "dim": "8", "ks": "10"}, name="g",
+    again = run_grid("synthetic", GridOptions(["popularity", "itemknn-merged"], [0, 1], {"epochs": "1", "dim": "8", "ks": "10"}),
+                     name="g",
                      runs_dir=Path("runs"), data_dir=data_dir)
     assert (again["executed"], again["reused"]) == (0, 4)  # tracking is no hyperparameter: every run reused
 

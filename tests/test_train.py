@@ -7,14 +7,14 @@ import json
 import pytest
 
 from cml_cli.config import RunConfig
-from cml_cli.data.preprocess import preprocess
+from cml_cli.data.preprocess import ReadOptions, preprocess
 from cml_cli.train.loop import resume, train
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("data")
-    preprocess("synthetic", size="tiny", data_dir=path)
+    preprocess("synthetic", None, ReadOptions(size="tiny"), data_dir=path)
     return path
 
 

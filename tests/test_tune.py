@@ -17,7 +17,7 @@ pytest.importorskip("optuna", reason="Optuna is not installed (optional extra: p
 
 from cml_cli.config import load_toml, resolve_config  # noqa: E402
 from cml_cli.errors import InputError  # noqa: E402
-from cml_cli.tune import default_space_file, load_space, parse_space, run_tune  # noqa: E402
+from cml_cli.tune import TuneOptions, default_space_file, load_space, parse_space, run_tune  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,15 +92,15 @@ def test_every_model_has_a_valid_default_space():
 
 def test_study_continues_and_best_toml_round_trips(data_dir, tmp_path):
     runs = tmp_path / "runs"
-    first = run_tune("synthetic", "itemknn-merged", trials=3, name="t", runs_dir=runs, data_dir=data_dir)
+    first = run_tune("synthetic", "itemknn-merged", TuneOptions(trials=3), name="t", runs_dir=runs, data_dir=data_dir)
     assert first["trials"] == 3
     for n in range(3):
         trial = runs / "t" / f"trial-{n}"
         final = json.loads((trial / "metrics.json").read_text())
         assert final["test"] == {} and "not evaluated" in final["test_selection"]  # no test metric for a trial
-    again = run_tune("synthetic", "itemknn-merged", trials=3, name="t", runs_dir=runs, data_dir=data_dir)
+    again = run_tune("synthetic", "itemknn-merged", TuneOptions(trials=3), name="t", runs_dir=runs, data_dir=data_dir)
     assert again["trials"] == 6 and again["best_value"] >= first["best_value"]
-    same = run_tune("synthetic", "itemknn-merged", trials=None, until=6, name="t", runs_dir=runs, data_dir=data_dir)
+    same = run_tune("synthetic", "itemknn-merged", TuneOptions(trials=None, until=6), name="t", runs_dir=runs, data_dir=data_dir)
     assert same["trials"] == 6 and same["best_params"] == again["best_params"]  # --until: nothing more to run
     best = load_toml(Path(again["best_config"]))
     assert best["model"] == "itemknn-merged" and set(again["best_params"]) <= set(best)

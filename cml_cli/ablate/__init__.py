@@ -2,8 +2,9 @@
 
 Every (variant, seed) is an ordinary run directory ``<runs-dir>/<name>/<variant>-s<seed>/``
 (``/`` in a variant name becomes ``-``: ``w/o-clf`` -> ``w-o-clf-s0``) with its log beside it
-(``<variant>-s<seed>.log``). Finished runs (``metrics.json`` present, same configuration) are
-reused, interrupted ones resumed, so running the same command again only does what is missing.
+(``<variant>-s<seed>.log``); :mod:`cml_cli.layout` defines these names and ``grid.json``.
+Finished runs (``metrics.json`` present, same configuration) are reused, interrupted ones
+resumed, so running the same command again only does what is missing.
 Variants whose resolved configuration is identical (``first-order`` is ``cml`` when the preset
 already uses first-order meta-gradients) share their runs.
 
@@ -20,12 +21,11 @@ comparison tables are built by :mod:`cml_cli.report` from the files a grid write
 package imports the other.
 """
 
-from cml_cli.ablate.executors import EXECUTORS, _cores, run_one
-from cml_cli.ablate.grid import Event, Execution, Unit, build_config, dir_name, parse_seeds, plan, run_grid
-from cml_cli.ablate.registry import REFERENCE, Variant, builtin_variants, load_variants_file, registry, select_variants
+from cml_cli.ablate.executors import EXECUTORS, run_one, usable_cores
+from cml_cli.ablate.grid import Event, Execution, GridOptions, Unit, build_config, parse_seeds, plan, run_grid
+from cml_cli.ablate.registry import Variant, builtin_variants, load_variants_file, registry, select_variants
 
 __all__ = [
-    "EXECUTORS", "REFERENCE", "Event", "Execution", "Unit", "Variant", "_cores", "build_config",
-    "builtin_variants", "dir_name", "load_variants_file", "parse_seeds", "plan", "registry", "run_grid", "run_one",
-    "select_variants",
+    "EXECUTORS", "Event", "Execution", "GridOptions", "Unit", "Variant", "build_config", "builtin_variants", "load_variants_file",
+    "parse_seeds", "plan", "registry", "run_grid", "run_one", "select_variants", "usable_cores",
 ]

@@ -2,7 +2,7 @@
 
 import sys
 
-from cml_cli.ablate.executors import _worker_main
+from cml_cli.ablate.executors import worker_main
 
 if __name__ == "__main__":
-    sys.exit(_worker_main(sys.argv[1:]))
+    sys.exit(worker_main(sys.argv[1:]))

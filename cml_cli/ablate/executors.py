@@ -44,7 +44,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
             import torch
 
             from cml_cli.tracking import Tracking
-            from cml_cli.train.loop import resume, train
+            from cml_cli.train.loop import Watch, resume, train
 
             threads = torch.get_num_threads()
             thread_budget.apply_torch(int(spec["threads"]))
@@ -55,7 +55,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
             if spec["state"] == "new":
                 cfg = RunConfig.from_dict(spec["config"]).validate()
                 result = train(spec["dataset"], cfg, data_dir=data_dir, runs_dir=Path(spec["grid_dir"]),
-                               name=spec["dir"], force=True, progress=progress, tracker=tracker)
+                               name=spec["dir"], force=True, watch=Watch(progress, tracker))
             else:
                 epochs = spec["config"]["epochs"] if spec["state"] == "extend" else None
                 result = resume(run, data_dir=data_dir, progress=progress, epochs=epochs, tracker=tracker)
@@ -79,7 +79,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
                 torch.set_num_threads(threads)
 
 
-def _worker_main(argv: list[str]) -> int:
+def worker_main(argv: list[str]) -> int:
     """``python -m cml_cli.ablate SPEC_JSON``: one run in its own process (exit 1 if it failed),
     which ends if its parent (``cml ablate``) does."""
     die_with_parent()
@@ -91,7 +91,7 @@ def _worker_main(argv: list[str]) -> int:
 # --------------------------------------------------------------------------- executors
 
 
-def _cores() -> int:
+def usable_cores() -> int:
     """The threads the runs of this process share: ``$CML_THREADS`` or every core."""
     return thread_budget.budget()
 
@@ -107,7 +107,7 @@ def _last_line(path: Path) -> str:
     return lines[-1] if lines else "exited without output"
 
 
-def _run_local(specs: list[dict], jobs: int, notify: Callable[[dict, dict], None]) -> None:
+def run_local(specs: list[dict], jobs: int, notify: Callable[[dict, dict], None]) -> None:
     if jobs == 1:
         for spec in specs:
             notify(spec, {"event": "start"})
@@ -166,7 +166,7 @@ def _ray_task(spec: dict) -> dict:
     return run_one(spec)
 
 
-def _run_ray(specs: list[dict], jobs: int, address: str | None, notify: Callable[[dict, dict], None]) -> None:
+def run_ray(specs: list[dict], jobs: int, address: str | None, notify: Callable[[dict, dict], None]) -> None:
     try:
         import ray
     except ImportError:

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cml_cli.ablate.executors import EXECUTORS, _cores, _run_local, _run_ray
-from cml_cli.ablate.registry import REFERENCE, Variant, registry, select_variants
+from cml_cli.ablate.executors import EXECUTORS, run_local, run_ray, usable_cores
+from cml_cli.ablate.registry import Variant, registry, select_variants
 from cml_cli.config import (
     PLACEMENT_KEYS,
     SEED_MAX,
@@ -25,27 +24,13 @@ from cml_cli.config import (
     load_toml,
 )
 from cml_cli.data.dataset import N_NEGATIVES
-from cml_cli.data.store import (
-    ARRAYS,
-    GRID_FILE,
-    check_name,
-    check_writable_dir,
-    read_grid,
-    read_manifest,
-    resolve_dataset_dir,
-    write_json_atomic,
-)
+from cml_cli.data.store import ARRAYS, check_name, check_writable_dir, read_manifest, resolve_dataset_dir, write_json_atomic
 from cml_cli.errors import InputError, Interrupted
+from cml_cli.layout import GRID_FILE, grid_header, read_grid, run_dir_name, run_log_name, variant_entry
 from cml_cli.tracking import Tracking
 from cml_cli.train.rundir import RunDir
 
 MAX_JOBS = 256
-
-
-def dir_name(variant: str, seed: int) -> str:
-    """Run directory name of (variant, seed): ``w/o-clf``, 0 -> ``w-o-clf-s0``."""
-    safe = re.sub(r"[^A-Za-z0-9._+-]+", "-", variant).strip("-.") or "variant"
-    return f"{safe}-s{seed}"
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -151,7 +136,7 @@ def plan(grid_dir: Path, variants: list[Variant], seeds: list[int], preset: str,
         for seed in seeds:
             cfg = build_config(preset, overrides, variant, seed, tables).to_dict()
             key = _config_key(cfg)
-            natural = dir_name(variant.name, seed)
+            natural = run_dir_name(variant.name, seed)
             name = by_key.get(key)
             if name is None:
                 name = natural
@@ -238,18 +223,17 @@ class GridBook:
         if grid.get("dataset_checksum") not in (None, info.checksum) or \
                 grid.get("overrides", recorded_overrides) != recorded_overrides:
             grid["variants"] = {}
-        grid.update({"dataset": info.name, "dataset_checksum": info.checksum, "preset": info.preset,
-                     "n_candidates": info.n_candidates, "reference": REFERENCE,
-                     "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "last_command": command,
-                     "overrides": recorded_overrides})
+        grid.update(grid_header(info.name, checksum=info.checksum, preset=info.preset, n_candidates=info.n_candidates,
+                                updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"), command=command,
+                                overrides=recorded_overrides))
         grid.setdefault("failed", {})
         recorded = grid.setdefault("variants", {})
         for v in variants:
             entry = recorded.get(v.name, {})
             runs = dict(entry.get("runs", {})) if entry.get("overrides") == v.overrides else {}
             runs.update({str(s): mapping[(v.name, s)] for s in seeds})
-            recorded[v.name] = {"kind": v.kind, "description": v.description, "overrides": v.overrides,
-                                "runs": dict(sorted(runs.items(), key=lambda kv: int(kv[0])))}
+            recorded[v.name] = variant_entry(v.kind, v.description, v.overrides,
+                                             dict(sorted(runs.items(), key=lambda kv: int(kv[0]))))
         self.write()
 
     def outcome(self, run: str, error: str | None) -> None:
@@ -291,7 +275,7 @@ class Execution:
         """Torch threads per run: the cores over ``jobs``, at most ``OMP_NUM_THREADS`` when it is
         set (one thread is fastest for tiny data, and on a busy machine)."""
         cap = os.environ.get("OMP_NUM_THREADS", "")
-        cores = min(_cores(), int(cap)) if cap.isdigit() and int(cap) > 0 else _cores()
+        cores = min(usable_cores(), int(cap)) if cap.isdigit() and int(cap) > 0 else usable_cores()
         return max(1, cores // self.jobs) if self.executor == "local" or not self.ray_address else 1
 
 
@@ -336,27 +320,37 @@ def _execute(grid_dir: Path, units: list[Unit], specs: list[dict[str, Any]], exe
                 on_event("reused", u, {"run": str(grid_dir / u.dir), "total": len(specs)})
     try:
         if specs and execution.executor == "ray":
-            _run_ray(specs, execution.jobs, execution.ray_address, notify)
+            run_ray(specs, execution.jobs, execution.ray_address, notify)
         elif specs:
-            _run_local(specs, execution.jobs, notify)
+            run_local(specs, execution.jobs, notify)
     except KeyboardInterrupt:
         raise Interrupted(f"ablation {grid_dir} stopped; its finished runs are kept and each interrupted run keeps "
                           "its last complete checkpoint: run the same command again to resume") from None
     return failed
 
 
+@dataclass(frozen=True)
+class GridOptions:
+    """What a grid runs (``cml ablate``'s options): the ``variants`` (names or groups; None:
+    every variant that applies), the ``seeds``, the ``overrides`` of every run (``--set``), a
+    ``variants_file`` of custom variants and the ``configs`` (``--config``: ``FILE`` for every
+    variant or ``VARIANT=FILE``)."""
+
+    variants: list[str] | None = None
+    seeds: tuple[int, ...] | list[int] = (0,)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    variants_file: Path | None = None
+    configs: tuple[str | Path, ...] | list[str | Path] = ()
+
+
 def run_grid(
     dataset: str | Path,
-    variants: list[str] | None,
-    seeds: list[int],
-    overrides: dict[str, Any] | None = None,
+    options: GridOptions = GridOptions(),
     *,
     name: str | None = None,
     runs_dir: Path = Path("runs"),
     data_dir: Path | None = None,
     execution: Execution | None = None,
-    variants_file: Path | None = None,
-    configs: list[str | Path] = (),
     on_event: Event | None = None,
     command: str | None = None,
 ) -> dict[str, Any]:
@@ -366,17 +360,14 @@ def run_grid(
     not raise: the others complete and the failures are listed (the CLI exits 1)."""
     started = time.perf_counter()
     execution = (execution or Execution()).check()
-    seeds = check_seeds(list(seeds))
-    overrides = dict(overrides or {})
-    if "seed" in {k.replace("-", "_") for k in overrides}:
-        raise InputError("--set seed=...: use --seeds")
-    apply_overrides(RunConfig(), overrides)  # unknown keys -> InputError before anything runs
+    seeds = check_seeds(list(options.seeds))
+    overrides = _check_overrides(options.overrides)
     info = DatasetInfo.read(dataset, data_dir)
-    reg = registry(info.behaviors, variants_file)
-    chosen = select_variants(reg, variants)
+    reg = registry(info.behaviors, options.variants_file)
+    chosen = select_variants(reg, options.variants)
     if not chosen:
         raise InputError("--variants: nothing to run")
-    tables = read_configs(list(configs), list(reg))
+    tables = read_configs(list(options.configs), list(reg))
     name = check_name(name, "--name") if name is not None else f"ablate-{info.name}"
     check_grid_dir(Path(runs_dir) / name)
     grid_dir = (Path(runs_dir) / name).resolve()
@@ -386,14 +377,21 @@ def run_grid(
     grid_dir.mkdir(parents=True, exist_ok=True)
     book = GridBook(grid_dir)
     book.start(info, overrides, chosen, seeds, mapping, command)
-
     todo = [u for u in units if u.state != "done"]
-    reused = [u for u in units if u.state == "done"]
     specs = [{"dataset": str(info.dir), "data_dir": str(info.dir.parent), "grid_dir": str(grid_dir),
-              "dir": u.dir, "state": u.state, "config": u.config, "log": str(grid_dir / f"{u.dir}.log"),
+              "dir": u.dir, "state": u.state, "config": u.config, "log": str(grid_dir / run_log_name(u.dir)),
               "threads": execution.threads(), "track": track.named(run_name=u.dir).to_dict() if track else None}
              for u in todo]
     failed = _execute(grid_dir, units, specs, execution, book, on_event)
     book.write()
     return {"grid_dir": str(grid_dir), "variants": [v.name for v in chosen], "seeds": seeds, "failed": failed,
-            "executed": len(specs), "reused": len(reused), "seconds": time.perf_counter() - started}
+            "executed": len(specs), "reused": len(units) - len(todo), "seconds": time.perf_counter() - started}
+
+
+def _check_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The ``--set`` options of every run, checked before anything runs (the seed is ``--seeds``')."""
+    overrides = dict(overrides)
+    if "seed" in {k.replace("-", "_") for k in overrides}:
+        raise InputError("--set seed=...: use --seeds")
+    apply_overrides(RunConfig(), overrides)  # unknown keys -> InputError before anything runs
+    return overrides

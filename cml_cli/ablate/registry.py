@@ -12,8 +12,8 @@ from cml_cli import registry as models
 from cml_cli.config import RunConfig, apply_overrides, read_toml
 from cml_cli.data.store import MAX_NAME_BYTES
 from cml_cli.errors import InputError, did_you_mean
+from cml_cli.layout import REFERENCE
 
-REFERENCE = "cml"
 # Group name -> the variant kinds it selects (the peers are baselines too); "sota" selects the
 # registry's strongest known methods by name (models.SOTA).
 GROUPS = {"ablations": ("ablation",), "baselines": ("baseline", "peer"), "peers": ("peer",)}

@@ -32,6 +32,22 @@ class Interactions:
 
 
 @dataclass
+class RawData:
+    """What every reader returns: behaviors in order (target last), per-behavior training
+    interactions, and the leave-one-out test split as parallel arrays ``test_user`` /
+    ``test_item`` (before the validation hold-out and the candidates of :func:`build_dataset`)."""
+
+    behaviors: list[str]
+    n_users: int
+    n_items: int
+    train: dict[str, Interactions]
+    test_user: np.ndarray
+    test_item: np.ndarray
+    meta_users: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
 class Split:
     """One held-out item per user, with its fixed negatives ``neg`` of shape ``[n, 99]``."""
 
@@ -165,21 +181,19 @@ def sample_negatives(
     raise InputError(f"cannot draw {n} negatives for some users: too few items ({n_items})")
 
 
-def build_dataset(
-    *,
-    name: str,
-    behaviors: list[str],
-    n_users: int,
-    n_items: int,
-    train: dict[str, Interactions],
-    test_user: np.ndarray,
-    test_item: np.ndarray,
-    meta_users: np.ndarray | None = None,
-    seed: int = 0,
-    valid: bool = True,
-    preset: str = "",
-    source: str = "",
-) -> MultiBehaviorDataset:
+@dataclass(frozen=True)
+class BuildOptions:
+    """How raw splits become a dataset: the ``seed`` of the validation split and of the
+    candidates, whether to hold out a validation split (``valid``), and what the manifest
+    records: the training ``preset`` and the ``source``."""
+
+    seed: int = 0
+    valid: bool = True
+    preset: str = ""
+    source: str = ""
+
+
+def build_dataset(raw: RawData, name: str, options: BuildOptions = BuildOptions()) -> MultiBehaviorDataset:
     """Check raw splits, hold out validation items and draw the fixed evaluation candidates.
 
     Validation: each test user with at least two training target interactions gives up its
@@ -187,28 +201,10 @@ def build_dataset(
     occur in the user's auxiliary training data (as in the CML files), the validation pair is
     removed from the auxiliary behaviors as well, so validation mirrors the test split.
     """
-    if not behaviors:
-        raise InputError("no behaviors given")
-    missing = [b for b in behaviors if b not in train]
-    if missing:
-        raise InputError(f"no training interactions for behavior(s) {missing}")
+    behaviors, n_users, n_items = raw.behaviors, raw.n_users, raw.n_items
+    test_user, test_item = _checked_raw(raw)
     target = behaviors[-1]
-    if len(train[target]) == 0:
-        raise InputError(f"target behavior '{target}' has no training interactions")
-    if n_items < N_NEGATIVES + 2:
-        raise InputError(f"{n_items} items are too few for 1+{N_NEGATIVES} evaluation")
-    for b in behaviors:
-        inter = train[b]
-        _check_ids(inter.user, n_users, f"user ids of behavior '{b}'")
-        _check_ids(inter.item, n_items, f"item ids of behavior '{b}'")
-    test_user = np.asarray(test_user, dtype=np.int64)
-    test_item = np.asarray(test_item, dtype=np.int64)
-    _check_ids(test_user, n_users, "test user ids")
-    _check_ids(test_item, n_items, "test item ids")
-    if len(np.unique(test_user)) != len(test_user):
-        raise InputError("the test split holds more than one item for some user")
-
-    train = {b: _dedupe(train[b], n_items) for b in behaviors}
+    train = {b: _dedupe(raw.train[b], n_items) for b in behaviors}
     raw_counts = {b: len(train[b]) for b in behaviors}
     tgt_keys = np.sort(_keys(train[target].user, train[target].item, n_items))
     test_keys = _keys(test_user, test_item, n_items)
@@ -218,37 +214,47 @@ def build_dataset(
         raise InputError(
             f"{int(clash.sum())} test pair(s) also in the '{target}' training data (first: user {u}, item {i})"
         )
-
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(options.seed)
     valid_user = np.empty(0, np.int64)
     valid_item = np.empty(0, np.int64)
-    if valid:
+    if options.valid:
         train, valid_user, valid_item = _hold_out_validation(train, behaviors, test_user, test_keys, n_items, rng)
-
     all_target = np.sort(np.concatenate([tgt_keys, test_keys]))
     test_neg = sample_negatives(test_user, all_target, n_items, N_NEGATIVES, rng)
     valid_neg = sample_negatives(valid_user, all_target, n_items, N_NEGATIVES, rng)
-
-    if meta_users is None:
-        has_target = np.unique(train[target].user)
-        meta_users = rng.permutation(has_target)
+    meta_users = raw.meta_users if raw.meta_users is not None else rng.permutation(np.unique(train[target].user))
     meta_users = np.asarray(meta_users, dtype=np.int64)
     _check_ids(meta_users, n_users, "meta user ids")
-
     return MultiBehaviorDataset(
-        name=name,
-        behaviors=list(behaviors),
-        n_users=int(n_users),
-        n_items=int(n_items),
-        train=train,
-        test=Split(test_user, test_item, test_neg),
-        valid=Split(valid_user, valid_item, valid_neg),
-        meta_users=meta_users,
-        seed=seed,
-        preset=preset,
-        source=source,
-        raw_counts=raw_counts,
+        name=name, behaviors=list(behaviors), n_users=int(n_users), n_items=int(n_items), train=train,
+        test=Split(test_user, test_item, test_neg), valid=Split(valid_user, valid_item, valid_neg),
+        meta_users=meta_users, seed=options.seed, preset=options.preset, source=options.source, raw_counts=raw_counts,
     )
+
+
+def _checked_raw(raw: RawData) -> tuple[np.ndarray, np.ndarray]:
+    """Raw splits checked (behaviors, ids in range, one test item per user): the test users and items."""
+    behaviors, train = raw.behaviors, raw.train
+    if not behaviors:
+        raise InputError("no behaviors given")
+    missing = [b for b in behaviors if b not in train]
+    if missing:
+        raise InputError(f"no training interactions for behavior(s) {missing}")
+    target = behaviors[-1]
+    if len(train[target]) == 0:
+        raise InputError(f"target behavior '{target}' has no training interactions")
+    if raw.n_items < N_NEGATIVES + 2:
+        raise InputError(f"{raw.n_items} items are too few for 1+{N_NEGATIVES} evaluation")
+    for b in behaviors:
+        _check_ids(train[b].user, raw.n_users, f"user ids of behavior '{b}'")
+        _check_ids(train[b].item, raw.n_items, f"item ids of behavior '{b}'")
+    test_user = np.asarray(raw.test_user, dtype=np.int64)
+    test_item = np.asarray(raw.test_item, dtype=np.int64)
+    _check_ids(test_user, raw.n_users, "test user ids")
+    _check_ids(test_item, raw.n_items, "test item ids")
+    if len(np.unique(test_user)) != len(test_user):
+        raise InputError("the test split holds more than one item for some user")
+    return test_user, test_item
 
 
 def _check_ids(ids: np.ndarray, n: int, what: str) -> None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cml_cli.config import SEED_MAX
-from cml_cli.data.dataset import MultiBehaviorDataset, build_dataset
+from cml_cli.data.dataset import BuildOptions, MultiBehaviorDataset, RawData, build_dataset
+from cml_cli.data.limits import SEED_MAX
 from cml_cli.data.readers import FORMATS
-from cml_cli.data.readers.base import RawData
 from cml_cli.data.store import check_dataset_target, check_name, save_dataset
 from cml_cli.errors import InputError, Interrupted
 
@@ -72,18 +71,51 @@ def detect_format(source: Path) -> str:
     raise InputError(f"{source}: cannot tell its format; pass --format ({', '.join(FORMATS)})")
 
 
-def read_source(
-    dataset: str,
-    fmt: str | None,
-    source: Path | None,
-    *,
-    behaviors: list[str] | None = None,
-    size: str = "tiny",
-    seed: int = 0,
-    events_options: dict | None = None,
-) -> tuple[str, RawData]:
+@dataclass(frozen=True)
+class ReadOptions:
+    """How ``cml preprocess`` reads its source: the format (``fmt``; detected when None), the
+    ``behaviors`` in order (target last; default the dataset preset's or the files'), the
+    synthetic ``size``, and the ``events`` reader's options (``preset``, column names,
+    ``kcore``: :class:`cml_cli.data.readers.events.EventsOptions`' fields)."""
+
+    fmt: str | None = None
+    behaviors: list[str] | None = None
+    size: str = "tiny"
+    events: dict = field(default_factory=dict)
+
+
+def read_source(dataset: str, source: Path | None, options: ReadOptions = ReadOptions(),
+                seed: int = 0) -> tuple[str, RawData]:
     """Dispatch to a reader; returns the format used and the raw splits."""
     preset = dataset_preset(dataset)
+    fmt = _format(dataset, options.fmt, source)
+    behaviors = options.behaviors
+    if fmt == "synthetic":
+        from cml_cli.data.readers import synthetic
+
+        return fmt, synthetic.read(size=options.size, seed=seed)
+    if fmt == "cml":
+        from cml_cli.data.readers import cml as cml_reader
+
+        names = behaviors or (list(preset.behaviors) if preset else None)
+        return fmt, cml_reader.read(Path(source), behaviors=names)
+    if fmt == "mbcgcn":
+        from cml_cli.data.readers import mbcgcn
+
+        names = behaviors or (list(preset.mbcgcn_behaviors) if preset else None)
+        return fmt, mbcgcn.read(Path(source), behaviors=names)
+    from cml_cli.data.readers import events
+
+    opts = dict(options.events)
+    if preset and preset.events_preset and "preset" not in opts:
+        opts["preset"] = preset.events_preset
+    if behaviors:
+        opts["behaviors"] = behaviors
+    return fmt, events.read(Path(source), events.EventsOptions(**opts))
+
+
+def _format(dataset: str, fmt: str | None, source: Path | None) -> str:
+    """The format to read ``source`` with (``fmt``, else detected), checked against ``source``."""
     if fmt is None:
         if source is None:
             if dataset != "synthetic":
@@ -98,71 +130,35 @@ def read_source(
                          "file's --format)")
     if fmt != "synthetic" and source is None:
         raise InputError(f"--source is required for format '{fmt}'")
-
-    if fmt == "synthetic":
-        from cml_cli.data.readers import synthetic
-
-        return fmt, synthetic.read(size=size, seed=seed)
-    if fmt == "cml":
-        from cml_cli.data.readers import cml as cml_reader
-
-        names = behaviors or (list(preset.behaviors) if preset else None)
-        return fmt, cml_reader.read(Path(source), behaviors=names)
-    if fmt == "mbcgcn":
-        from cml_cli.data.readers import mbcgcn
-
-        names = behaviors or (list(preset.mbcgcn_behaviors) if preset else None)
-        return fmt, mbcgcn.read(Path(source), behaviors=names)
-    from cml_cli.data.readers import events
-
-    opts = dict(events_options or {})
-    if preset and preset.events_preset and "preset" not in opts:
-        opts["preset"] = preset.events_preset
-    if behaviors:
-        opts["behaviors"] = behaviors
-    return fmt, events.read(Path(source), **opts)
+    return fmt
 
 
 def preprocess(
     dataset: str,
     source: Path | None = None,
+    options: ReadOptions = ReadOptions(),
     *,
-    fmt: str | None = None,
     name: str | None = None,
     data_dir: Path = Path("data"),
     seed: int = 0,
     valid: bool = True,
-    behaviors: list[str] | None = None,
-    size: str = "tiny",
-    events_options: dict | None = None,
 ) -> tuple[Path, MultiBehaviorDataset]:
-    """Read ``source``, build the dataset (validation split, candidates) and save it.
-    ``<data_dir>/<name>`` may be missing, empty or a processed dataset, which is replaced;
-    anything else there, or a ``source`` inside it, is an :class:`InputError` before any reading."""
+    """Read ``source`` (how: ``options``), build the dataset (validation split unless not
+    ``valid``, candidates; ``seed``) and save it as ``<data_dir>/<name>`` (default
+    ``dataset``). That directory may be missing, empty or a processed dataset, which is
+    replaced; anything else there, or a ``source`` inside it, is an :class:`InputError`
+    before any reading."""
     check_name(name if name is not None else dataset, "--name" if name is not None else "--dataset")
     target = Path(data_dir) / (name or dataset)
     check_dataset_target(target, source)
     if not 0 <= seed <= SEED_MAX:
         raise InputError(f"--seed: must be in [0, {SEED_MAX}], got {seed}")
     try:
-        fmt, raw = read_source(
-            dataset, fmt, source, behaviors=behaviors, size=size, seed=seed, events_options=events_options
-        )
+        fmt, raw = read_source(dataset, source, options, seed)
         preset = dataset_preset(dataset)
-        ds = build_dataset(
-            name=name or dataset,
-            behaviors=raw.behaviors,
-            n_users=raw.n_users,
-            n_items=raw.n_items,
-            train=raw.train,
-            test_user=raw.test_user,
-            test_item=raw.test_item,
-            meta_users=raw.meta_users,
-            seed=seed,
-            valid=valid,
-            preset=preset.train_preset if preset else "default",
-            source=str(source) if source is not None else f"synthetic:{size}",
-        )
+        build = BuildOptions(seed=seed, valid=valid, preset=preset.train_preset if preset else "default",
+                             source=str(source) if source is not None else f"synthetic:{options.size}")
+        ds = build_dataset(raw, name or dataset, build)
         path = save_dataset(ds, data_dir, extra={"format": fmt, "reader_info": raw.info}, source=source)
     except KeyboardInterrupt:
         raise Interrupted(f"preprocess of {target} stopped; nothing was written and what was there before is "

@@ -31,7 +31,6 @@ SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 ARRAYS = "arrays.npz"
-GRID_FILE = "grid.json"  # an ablation grid's bookkeeping (written by cml_cli.ablate, read by cml_cli.report)
 MANIFEST_CHECKSUM = "manifest_sha256"
 _REQUIRED = {"name": str, "behaviors": list, "n_users": int, "n_items": int}
 DATASET_FILES = frozenset({MANIFEST, ARRAYS})
@@ -122,42 +121,6 @@ def read_json_object(path: Path) -> dict | None:
     except (OSError, ValueError, RecursionError):
         return None
     return obj if isinstance(obj, dict) else None
-
-
-def read_grid(path: Path) -> dict | None:
-    """An ablation grid's ``grid.json``, checked (None when there is none): a JSON object whose
-    ``variants`` and ``failed`` are tables, each variant's ``runs`` a table from seed (an
-    integer) to a run directory name (one path component). A damaged one is an
-    :class:`InputError` naming the file and the field."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    grid = read_json_object(path)
-
-    def bad(field: str, why: str) -> InputError:
-        return InputError(f"{path}: {field}: {why} (damaged; move it away and rerun `cml ablate`, which rebuilds "
-                          "it and reuses the runs)")
-
-    if grid is None:
-        raise bad("the file", "not a readable JSON object")
-    for key in ("variants", "failed", "overrides"):
-        if not isinstance(grid.get(key, {}), dict):
-            raise bad(key, "expected a table")
-    for name, entry in grid.get("variants", {}).items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("runs", {}), dict) or \
-                not isinstance(entry.get("overrides", {}), dict):
-            raise bad(f"variants.{name}", "expected a table with tables runs and overrides")
-        for seed, run in entry.get("runs", {}).items():
-            if not (re.fullmatch(r"[0-9]{1,10}", seed) and int(seed) <= 2**32 - 1):
-                raise bad(f"variants.{name}.runs", f"seed {seed!r} is not an integer")
-            if not isinstance(run, str):
-                raise bad(f"variants.{name}.runs.{seed}", "expected a run directory name")
-            check_name(run, f"{path}: variants.{name}.runs.{seed}")
-    for run, error in grid.get("failed", {}).items():
-        check_name(run, f"{path}: failed")
-        if not isinstance(error, str):
-            raise bad(f"failed.{run}", "expected the error's text")
-    return grid
 
 
 def check_writable_dir(path: Path, what: str, *, parent_must_exist: bool = False) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from cml_cli.data.store import check_writable_dir, write_text_atomic
 from cml_cli.errors import InputError, did_you_mean
-from cml_cli.report.figures import _history, _pyplot, plot_bars, plot_cutoffs, plot_validation
+from cml_cli.report.figures import metric_history, plot_bars, plot_cutoffs, plot_validation, pyplot
 from cml_cli.report.tables import (
     Table,
     findings,
@@ -54,7 +54,7 @@ def build_report(runs: Path, out: Path | None = None, *, plots: bool = True, var
     Returns ``{"out", "files", "table"}`` (the table as :class:`Table`)."""
     grid_dir = Path(runs)
     if plots:
-        _pyplot()  # without matplotlib: one line naming the extra, before anything is written
+        pyplot()  # without matplotlib: one line naming the extra, before anything is written
     if variants is not None:
         known = load_grid(grid_dir)["variants"]
         unknown = [v for v in variants if v not in known]
@@ -91,7 +91,7 @@ def build_report(runs: Path, out: Path | None = None, *, plots: bool = True, var
         lines += ["## Validation HR@10 per epoch", ""]
         if figures.get("valid"):
             fig("valid", "Validation HR@10 after each epoch")
-        elif any(_history(grid_dir / r["run"], "valid", "hr@10") for r in table.runs):
+        elif any(metric_history(grid_dir / r["run"], "valid", "hr@10") for r in table.runs):
             lines += ["Every run trained for one epoch only: there is no curve to draw.", ""]
         else:
             lines += ["No validation metrics in these runs (dataset without a validation split).", ""]

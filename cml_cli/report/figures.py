@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from cml_cli.errors import InputError, write_error
-from cml_cli.report.tables import _METRIC, Table, label
+from cml_cli.report.tables import METRIC, Table, label
 
 KIND_COLORS = {"cml": "#c0392b", "ablation": "#2e86c1", "baseline": "#7f8c8d", "peer": "#8e44ad",
                "custom": "#27ae60"}
@@ -19,7 +19,8 @@ KIND_LABELS = {"cml": "full CML", "ablation": "CML ablation", "baseline": "basel
                "custom": "custom variant"}
 
 
-def _pyplot():
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend, or one line naming the extra to install."""
     try:
         import matplotlib
     except ImportError:
@@ -70,7 +71,7 @@ def _save(fig, out_dir: Path, stem: str) -> list[Path]:
 
 def plot_bars(table: Table, out_dir: Path) -> list[Path]:
     """Horizontal bars of HR@10 and NDCG@10 per variant, error bars ± one std over seeds."""
-    plt = _pyplot()
+    plt = pyplot()
     head = table.headline()
     rows = table.rows
     n = len(rows)
@@ -110,7 +111,8 @@ def plot_bars(table: Table, out_dir: Path) -> list[Path]:
     return paths
 
 
-def _history(run_dir: Path, split: str, metric: str) -> list[tuple[int, float]]:
+def metric_history(run_dir: Path, split: str, metric: str) -> list[tuple[int, float]]:
+    """``(epoch, value)`` of ``split``'s ``metric`` per epoch of a run (its ``metrics.jsonl``)."""
     out = []
     try:
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()
@@ -131,48 +133,20 @@ def plot_validation(table: Table, grid_dir: Path, out_dir: Path, metric: str = "
     """Validation ``metric`` per epoch per variant (mean over seeds, band min–max); models fitted
     in one step (a single epoch) as dashed horizontal lines. Returns [] without validation
     metrics, or when every run trained for one epoch only."""
-    plt = _pyplot()
-    runs_by_variant: dict[str, list[str]] = {}
-    for r in table.runs:
-        if r["status"] == "ok" or r["status"] == "missing":
-            runs_by_variant.setdefault(r["variant"], []).append(r["run"])
+    plt = pyplot()
     rows = [r for r in table.rows if not r.note]
+    curves, max_epoch = _validation_curves(table, rows, Path(grid_dir), metric)
+    if max_epoch < 2:  # every run trained one epoch: there is no curve to draw
+        return []
     colors = _palette(plt, len(rows))
     fig, ax = plt.subplots(figsize=(9.5, 5.2))
     drawn = 0
-    max_epoch = 1
-    curves = {}
-    for r in rows:
-        series = [dict(_history(Path(grid_dir) / run, "valid", metric))
-                  for run in runs_by_variant.get(r.variant, [])]
-        series = [s for s in series if s]
-        if series:
-            curves[r.variant] = series
-            max_epoch = max(max_epoch, *(max(s) for s in series))
-    if max_epoch < 2:  # every run trained one epoch: there is no curve to draw
-        plt.close(fig)
-        return []
     for i, r in enumerate(rows):
         series = curves.get(r.variant)
         if not series:
             continue
         is_ref = r.variant == table.reference
-        color = KIND_COLORS["cml"] if is_ref else colors[i]
-        epochs = sorted(set().union(*series))
-        values = np.array([[s.get(e, np.nan) for e in epochs] for s in series])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            mean = np.nanmean(values, axis=0)
-        width = 2.6 if is_ref else 1.4
-        if len(epochs) == 1:
-            ax.hlines(mean[0], 1, max_epoch, colors=[color], linestyles="--", linewidth=width,
-                      label=f"{r.variant} (single epoch)")
-        else:
-            ax.plot(epochs, mean, color=color, linewidth=width, label=r.variant, zorder=3 if is_ref else 2,
-                    marker="o" if len(epochs) <= 30 else None, markersize=3)
-            if len(series) > 1 and is_ref:
-                ax.fill_between(epochs, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=color,
-                                alpha=0.15, linewidth=0)
+        _draw_curve(ax, r.variant, series, KIND_COLORS["cml"] if is_ref else colors[i], is_ref, max_epoch)
         drawn += 1
     if not drawn:
         plt.close(fig)
@@ -195,12 +169,51 @@ def plot_validation(table: Table, grid_dir: Path, out_dir: Path, metric: str = "
     return paths
 
 
+def _validation_curves(table: Table, rows: list, grid_dir: Path,
+                       metric: str) -> tuple[dict[str, list[dict[int, float]]], int]:
+    """Per variant of ``rows``, the validation ``metric`` of each of its runs by epoch (runs
+    without one left out), and the last epoch of any run (at least 1)."""
+    runs_by_variant: dict[str, list[str]] = {}
+    for r in table.runs:
+        if r["status"] == "ok" or r["status"] == "missing":
+            runs_by_variant.setdefault(r["variant"], []).append(r["run"])
+    max_epoch = 1
+    curves = {}
+    for r in rows:
+        series = [dict(metric_history(grid_dir / run, "valid", metric)) for run in runs_by_variant.get(r.variant, [])]
+        series = [s for s in series if s]
+        if series:
+            curves[r.variant] = series
+            max_epoch = max(max_epoch, *(max(s) for s in series))
+    return curves, max_epoch
+
+
+def _draw_curve(ax, variant: str, series: list[dict[int, float]], color, is_ref: bool, max_epoch: int) -> None:
+    """One variant's mean curve over its runs (the reference: thicker, with a min–max band); a
+    variant fitted in one epoch as a dashed horizontal line."""
+    epochs = sorted(set().union(*series))
+    values = np.array([[s.get(e, np.nan) for e in epochs] for s in series])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(values, axis=0)
+    width = 2.6 if is_ref else 1.4
+    if len(epochs) == 1:
+        ax.hlines(mean[0], 1, max_epoch, colors=[color], linestyles="--", linewidth=width,
+                  label=f"{variant} (single epoch)")
+        return
+    ax.plot(epochs, mean, color=color, linewidth=width, label=variant, zorder=3 if is_ref else 2,
+            marker="o" if len(epochs) <= 30 else None, markersize=3)
+    if len(series) > 1 and is_ref:
+        ax.fill_between(epochs, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=color,
+                        alpha=0.15, linewidth=0)
+
+
 def plot_cutoffs(table: Table, out_dir: Path) -> list[Path]:
     """HR@N and NDCG@N against N (test, mean over seeds), one line per variant."""
-    plt = _pyplot()
+    plt = pyplot()
     fams: dict[str, list[tuple[int, str]]] = {}
     for m in table.metrics:
-        mm = _METRIC.match(m)
+        mm = METRIC.match(m)
         if mm and mm.group(1) in ("hr", "ndcg"):
             fams.setdefault(mm.group(1), []).append((int(mm.group(2)), m))
     fams = {f: sorted(v) for f, v in fams.items() if len(v) >= 2}

@@ -23,14 +23,13 @@ import pandas as pd
 
 from cml_cli import registry
 from cml_cli.collapse import table_note
-from cml_cli.data.store import GRID_FILE, read_grid
 from cml_cli.errors import InputError
+from cml_cli.layout import GRID_FILE, REFERENCE, TABLE_FILES, parse_run_dir_name, read_grid, run_log_name, variant_entry
 from cml_cli.listing import Listing
 from cml_cli.train.rundir import RunDir
 
-REFERENCE = "cml"
 FULL = "full:"
-_METRIC = re.compile(r"^((?:full:)?[a-z_]+)@(\d+)$")
+METRIC = re.compile(r"^((?:full:)?[a-z_]+)@(\d+)$")
 # Beyond-accuracy metrics of the headline table: their mean only (no change or p-value).
 BEYOND = ("full:coverage@10", "full:personalization@10", "full:arp@10")
 _LABELS = {"coverage": "Coverage", "personalization": "Personalization", "arp": "ARP"}
@@ -46,7 +45,7 @@ def read_run_manifest(run: RunDir) -> dict[str, Any]:
 
 def label(metric: str) -> str:
     """``hr@10`` -> ``HR@10``; ``full:hr@10`` -> ``full HR@10``; ``full:coverage@10`` -> ``Coverage@10``."""
-    m = _METRIC.match(metric)
+    m = METRIC.match(metric)
     if not m:
         return metric.upper()
     name, k = m.group(1), m.group(2)
@@ -74,13 +73,12 @@ def load_grid(grid_dir: Path) -> dict[str, Any]:
         run = RunDir(d)
         if not (d.is_dir() and run.config.is_file()):
             continue
-        m = re.match(r"^(.*)-s(\d+)$", d.name)
-        name, seed = (m.group(1), m.group(2)) if m else (d.name, "0")
+        name, seed = parse_run_dir_name(d.name) or (d.name, "0")
         manifest = read_run_manifest(run)
         dataset = dataset or manifest.get("dataset")
         model = manifest.get("model", "")
         kind = "cml" if name == REFERENCE else ("ablation" if model == REFERENCE else registry.kind_of(model))
-        entry = variants.setdefault(name, {"kind": kind, "description": "", "overrides": {}, "runs": {}})
+        entry = variants.setdefault(name, variant_entry(kind, "", {}, {}))
         entry["runs"][seed] = d.name
     if not variants:
         raise InputError(f"{grid_dir}: no run directories here (expected an ablation directory written by "
@@ -90,7 +88,7 @@ def load_grid(grid_dir: Path) -> dict[str, Any]:
 
 def _metric_order(keys) -> list[str]:
     def key(name: str):
-        m = _METRIC.match(name)
+        m = METRIC.match(name)
         base, k = (m.group(1), int(m.group(2))) if m else (name, 0)
         full = base.startswith(FULL)
         kind = base[len(FULL):] if full else base
@@ -129,7 +127,7 @@ def collect(grid_dir: Path, grid: dict[str, Any] | None = None, variants: list[s
                 continue
             final = RunDir(grid_dir / run).read_final()
             row: dict[str, Any] = {"variant": name, "kind": entry.get("kind", "custom"), "seed": seed, "run": run,
-                                   "log": str(grid_dir / f"{run}.log"), "error": None}
+                                   "log": str(grid_dir / run_log_name(run)), "error": None}
             if isinstance(final, dict) and isinstance(final.get("test"), dict):
                 row.update(status="ok", protocol=final.get("protocol"), epochs_run=final.get("epochs_run"),
                            best_epoch=final.get("best_epoch"), seconds_per_epoch=final.get("seconds_per_epoch"),
@@ -451,10 +449,10 @@ def table_markdown(table: Table) -> str:
              *(["", *(f"*Note:* {n}." for n in under)] if (under := table.blank_p() + table_note(table.runs)) else [])]
     families: dict[str, list[str]] = {}
     for m in table.metrics:
-        mm = _METRIC.match(m)
+        mm = METRIC.match(m)
         families.setdefault(mm.group(1) if mm else m, []).append(m)
     for ms in families.values():
-        ms = sorted(ms, key=lambda x: int(_METRIC.match(x).group(2)) if _METRIC.match(x) else 0)
+        ms = sorted(ms, key=lambda x: int(METRIC.match(x).group(2)) if METRIC.match(x) else 0)
         if len(ms) < 2:
             continue
         rows = []
@@ -535,7 +533,7 @@ def write_tables(table: Table, out_dir: Path) -> dict[str, Path]:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"csv": out_dir / "table.csv", "md": out_dir / "table.md", "json": out_dir / "table.json"}
+    paths = {kind: out_dir / name for kind, name in TABLE_FILES.items()}
     write_text_atomic(paths["csv"], table_frame(table).to_csv(index=False, float_format="%.6g"))
     write_text_atomic(paths["md"], table_markdown(table))
     write_text_atomic(paths["json"], json.dumps(table.to_dict(), indent=2, allow_nan=False) + "\n")

@@ -8,10 +8,10 @@ from typing import Any
 
 from cml_cli.config import check_cutoffs
 from cml_cli.data.store import check_writable_dir, write_json_atomic
-from cml_cli.errors import InputError
+from cml_cli.errors import InputError, did_you_mean
 from cml_cli.evaluate import evaluate_full, evaluate_sampled
-from cml_cli.registry import make_trainer
 from cml_cli.train.checkpoint import load_checkpoint
+from cml_cli.train.factory import make_trainer
 from cml_cli.train.loop import check_identity, load_run_dataset, load_trainer_state, resolve_device
 from cml_cli.train.rundir import RunDir
 
@@ -34,10 +34,10 @@ def evaluate_run(run_path: Path, *, checkpoint: str = "best", split: str = "test
     is ``protocol``).
     ``result["checkpoint_used"]`` names the file read: without ``best.ckpt`` (a run that has
     not validated yet) ``best`` falls back to ``last.ckpt``, and says so on stderr."""
-    for option, value, allowed in (("--checkpoint", checkpoint, CHECKPOINTS), ("--split", split, SPLITS),
-                                   ("--protocol", protocol, PROTOCOLS)):
+    for option, value, allowed in (("--ranking", protocol, PROTOCOLS), ("--checkpoint", checkpoint, CHECKPOINTS),
+                                   ("--split", split, SPLITS)):
         if value not in allowed:
-            raise InputError(f"{option}: '{value}' is not one of {', '.join(allowed)}")
+            raise InputError(f"{option}: '{value}' is not one of {', '.join(allowed)}{did_you_mean(value, allowed)}")
     if ks is not None and (not ks or any(k <= 0 for k in ks)):
         raise InputError(f"--ks: need positive cut-offs, got {ks}")
     run = RunDir(run_path)

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cml_cli import registry
 from cml_cli.config import RunConfig
 from cml_cli.data.dataset import MultiBehaviorDataset
 from cml_cli.data.store import load_dataset
@@ -111,7 +110,9 @@ class BlendTrainer(RowTrainer):
 def fitted_member(ds: MultiBehaviorDataset, cfg: RunConfig, name: str, device: torch.device) -> Trainer:
     """The registry model ``name`` fitted on ``ds`` with ``cfg``'s options; exit 2 for a model
     that needs training (its run belongs in ``blend_runs``)."""
-    trainer = registry.entry(name).make(ds, dataclasses.replace(cfg, model=name), device)
+    from cml_cli.train.factory import make_trainer  # the factory builds BlendTrainer: imported on use
+
+    trainer = make_trainer(ds, dataclasses.replace(cfg, model=name), device)
     if trainer.trainable:
         raise InputError(f"blend_models: '{name}' is trained, not fitted: train it (cml train --set model={name}) "
                          "and name its run directory in blend_runs")
@@ -137,7 +138,9 @@ def run_member(ds: MultiBehaviorDataset, cfg: RunConfig, path: str, device: torc
     if not set(used) <= set(ds.behaviors):
         raise InputError(f"blend_runs: {path}: used behaviors {used}, this run has {ds.behaviors}")
     member_ds = ds if used == ds.behaviors else ds.with_behaviors(used)
-    trainer = registry.make_trainer(member_ds, dataclasses.replace(run_cfg, device=cfg.device), device)
+    from cml_cli.train.factory import make_trainer  # the factory builds BlendTrainer: imported on use
+
+    trainer = make_trainer(member_ds, dataclasses.replace(run_cfg, device=cfg.device), device)
     checkpoint = run.best if run.best.is_file() else run.last
     trainer.load_model_state(load_checkpoint(checkpoint)["trainer"])
     return trainer

@@ -6,6 +6,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,6 @@ from cml_cli.config import RunConfig, check_cutoffs
 from cml_cli.data.dataset import MultiBehaviorDataset
 from cml_cli.data.store import (
     ARRAYS,
-    check_name,
-    check_writable_dir,
     load_dataset,
     read_manifest,
     resolve_dataset_dir,
@@ -26,11 +25,11 @@ from cml_cli.data.store import (
 )
 from cml_cli.errors import InputError, Interrupted, NonFiniteLoss, RunError
 from cml_cli.evaluate import evaluate_full, evaluate_sampled
-from cml_cli.registry import make_trainer
 from cml_cli.tracking import Tracker, tracked
 from cml_cli.train.checkpoint import load_checkpoint, save_checkpoint
+from cml_cli.train.factory import make_trainer
 from cml_cli.train.progress import NullProgress, Progress
-from cml_cli.train.rundir import RunDir, describe_identity
+from cml_cli.train.rundir import RunDir, check_run_target, describe_identity
 from cml_cli.train.trainer import Trainer
 
 SELECT = "ndcg@10"
@@ -63,6 +62,18 @@ def _seed_everything(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+@dataclass(frozen=True)
+class Watch:
+    """Who watches a run and what it shows them: ``progress`` (the epochs on stderr),
+    ``tracker`` (``--track``: fed the run's config, every epoch's row and the final metrics,
+    :mod:`cml_cli.tracking`), and ``evaluate_test`` (False for tuning trials: no test metric
+    is ever computed, the result holds the validation metrics of the selected epoch only)."""
+
+    progress: Progress | None = None
+    tracker: Tracker | None = None
+    evaluate_test: bool = True
+
+
 def train(
     dataset: str | Path,
     cfg: RunConfig,
@@ -71,14 +82,10 @@ def train(
     runs_dir: Path = Path("runs"),
     name: str | None = None,
     force: bool = False,
-    progress: Progress | None = None,
-    evaluate_test: bool = True,
-    tracker: Tracker | None = None,
+    watch: Watch = Watch(),
 ) -> dict[str, Any]:
-    """Train a fresh run of ``cfg`` on a processed dataset; returns the final metrics.
-    ``evaluate_test=False`` (tuning trials) never computes a test metric: the result holds
-    the validation metrics of the selected epoch only. ``tracker`` (``--track``) is fed the
-    run's config, every epoch's row and the final metrics (:mod:`cml_cli.tracking`).
+    """Train a fresh run of ``cfg`` on a processed dataset; returns the final metrics
+    (``watch``: progress, tracking and whether the test split is evaluated, see :class:`Watch`).
 
     The run directory is locked before anything in it is written or deleted (``--force``
     included), so a second process on the same directory fails without touching it. An
@@ -86,9 +93,7 @@ def train(
     (it has a run manifest). A run that fails before its first epoch is complete leaves
     nothing behind: the files it wrote are removed (and the directory, if it made it)."""
     cfg.validate()
-    if name is not None:
-        check_name(name, "--name")
-    check_writable_dir(Path(runs_dir), "runs directory")
+    check_run_target(Path(runs_dir), name, force)
     ds_dir = resolve_dataset_dir(dataset, data_dir)
     ds_manifest = read_manifest(ds_dir)
     check_cutoffs(cfg.ks, ds_manifest["n_items"])
@@ -108,8 +113,9 @@ def train(
             run.write_config(cfg)
             rng = _seed_everything(cfg.seed)
             trainer = make_trainer(ds, cfg, device)
-            return tracked(tracker, run.path, cfg.to_dict(), [run.config, run.final], progress or NullProgress(),
-                           lambda p: _fit(run, ds, cfg, trainer, rng, _fresh_state(), p, evaluate_test))
+            return tracked(watch.tracker, run.path, cfg.to_dict(), [run.config, run.final],
+                           watch.progress or NullProgress(),
+                           lambda p: _fit(run, ds, cfg, trainer, rng, _fresh_state(), p, watch.evaluate_test))
         except BaseException as e:
             kept = run.last.is_file() or run.previous.is_file()
             if not kept:

@@ -357,3 +357,15 @@ class RunDir:
         except OSError as e:
             raise write_error(self.log, e) from None
 
+
+
+def check_run_target(runs_dir: Path, name: str | None, force: bool, *, what: str = "runs directory",
+                     parent_must_exist: bool = False) -> None:
+    """May a new run named ``name`` (one path component; None: named later) start under
+    ``runs_dir``? Its directory must be replaceable (see :meth:`RunDir.check_replaceable`) and
+    ``runs_dir`` writable (``parent_must_exist``: its parent must exist, as ``cml train``
+    requires; :func:`cml_cli.train.loop.train` creates missing parents). Imports no torch, so
+    the command line checks before the loop is imported."""
+    if name is not None:
+        RunDir(Path(runs_dir) / check_name(name, "--name")).check_replaceable(force)
+    check_writable_dir(Path(runs_dir), what, parent_must_exist=parent_must_exist)

@@ -65,6 +65,7 @@ from cml_cli.data.store import (
     write_text_atomic,
 )
 from cml_cli.errors import InputError, Interrupted, RunError, did_you_mean, redact
+from cml_cli.layout import BEST_CONFIG, BEST_RUN, DEFAULT_RUN, JOURNAL, TUNE_FILE, trial_dir_name, worker_log_name
 from cml_cli.lifeline import child_env, die_with_parent
 from cml_cli.tracking import Tracker, Tracking
 from cml_cli.train.rundir import RunDir
@@ -72,8 +73,6 @@ from cml_cli.tune.space import Param, load_space
 
 METRIC = "ndcg@10"
 STUDY = "cml-tune"
-TUNE_FILE = "tune.json"  # marks a directory as a tune directory
-JOURNAL = "study.journal"
 MAX_JOBS = 256
 
 
@@ -282,22 +281,22 @@ def objective(spec: TuneSpec, on_epoch=None) -> Callable:
     goes on."""
     import optuna
 
-    from cml_cli.train.loop import train
+    from cml_cli.train.loop import Watch, train
 
     space = spec.space()
 
     def run(trial) -> float:
         trial.set_user_attr("host", platform.node())
         trial.set_user_attr("pid", os.getpid())
-        name = f"trial-{trial.number}"
+        name = trial_dir_name(trial.number)
         trial.set_user_attr("run_dir", str(Path(spec.tune_dir) / name))
         try:
             try:
                 cfg = spec.config({p.name: p.suggest(trial) for p in space})
             except InputError as e:  # a draw that breaks a rule between keys (cr_alpha + cr_beta <= 1)
                 raise optuna.TrialPruned(f"infeasible draw: {e}") from None
-            result = train(spec.dataset_dir, cfg, runs_dir=Path(spec.tune_dir), name=name, force=True,
-                           progress=TrialProgress(trial, on_epoch), evaluate_test=False, tracker=spec.tracker(name))
+            watch = Watch(TrialProgress(trial, on_epoch), spec.tracker(name), evaluate_test=False)
+            result = train(spec.dataset_dir, cfg, runs_dir=Path(spec.tune_dir), name=name, force=True, watch=watch)
         except optuna.TrialPruned:
             raise
         except Exception as e:  # a failing trial is one line in the study, never a traceback
@@ -329,30 +328,41 @@ def _finished(study) -> list:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
 
 
+@dataclass(frozen=True)
+class TuneOptions:
+    """What a study searches and how long (``cml tune``'s options): ``trials`` more trials, or
+    ``until`` the study holds that many finished ones, or for ``timeout`` seconds; ``jobs``
+    worker processes; the search ``space`` file (default: the model's), the Optuna ``storage``
+    URL (default: a journal in the tune directory), the sampler's and every run's ``seed``,
+    the median ``pruner``, the ``overrides`` fixed for every trial (``--set``) and
+    ``tracking`` (``--track``: every trial, the default and the best run logged)."""
+
+    trials: int | None = 10
+    until: int | None = None
+    timeout: float | None = None
+    jobs: int = 1
+    space: Path | None = None
+    storage: str | None = None
+    seed: int = 0
+    pruner: bool = True
+    overrides: dict[str, Any] = field(default_factory=dict)
+    tracking: Tracking | None = None
+
+
 def run_tune(
     dataset: str | Path,
     model: str,
+    options: TuneOptions = TuneOptions(),
     *,
-    trials: int | None = 10,
-    until: int | None = None,
-    timeout: float | None = None,
-    jobs: int = 1,
     name: str | None = None,
-    overrides: dict[str, Any] | None = None,
-    space: Path | None = None,
-    storage: str | None = None,
-    seed: int = 0,
-    pruner: bool = True,
     runs_dir: Path = Path("runs"),
     data_dir: Path | None = None,
     on_event: Callable[[str, dict], None] | None = None,
     command: str | None = None,
-    tracking: Tracking | None = None,
 ) -> dict[str, Any]:
-    """Run ``trials`` more trials (or until the study holds ``until`` finished ones, or for
-    ``timeout`` seconds), train the model's default configuration for comparison, write
-    ``best.toml``, train the best configuration and evaluate its test split once. Everything
-    (options, space, the whole dataset, the directory) is checked first.
+    """Run the trials ``options`` ask for, train the model's default configuration for
+    comparison, write ``best.toml``, train the best configuration and evaluate its test split
+    once. Everything (options, space, the whole dataset, the directory) is checked first.
 
     Returns ``{"trials", "best_value", "best_params", "best_config", "test", "tune_dir",
     "storage", "best_run", "default_value", "default_run", "best_below_default", "pruned",
@@ -360,32 +370,22 @@ def run_tune(
     ``default_value``: the validation NDCG@10 of the model's default configuration, and
     ``best_below_default`` whether the best trial scored below it). ``on_event(kind, info)``
     reports ``"trial"`` (``error`` for a failed one), ``"epoch"`` (of a trial in this process,
-    or of the ``"default"`` or ``"best"`` run), ``"default"`` and ``"best"``; ``tracking``
-    (``--track``) logs every trial, the default and the best run. Ctrl-C raises
+    or of the ``"default"`` or ``"best"`` run), ``"default"`` and ``"best"``. Ctrl-C raises
     :class:`cml_cli.errors.Interrupted`."""
     _optuna()  # a missing extra is one line before anything else
     started = time.perf_counter()
-    _check_budget(model, trials, until, timeout, jobs, seed)
-    spec, manifest, space_file = _prepare(dataset, data_dir, model, overrides, space, seed, pruner, timeout)
-    tune_dir = Path(runs_dir) / (check_name(name, "--name") if name else f"tune-{manifest['name']}-{model}")
-    check_tune_dir(tune_dir)
-    check_writable_dir(tune_dir, "tune directory")
-    tune_dir = tune_dir.resolve()
-    spec.tune_dir, spec.storage = str(tune_dir), storage or str(tune_dir / JOURNAL)
-    spec.track = tracking.named(experiment=tune_dir.name).check().to_dict() if tracking else None
-    study = load_study(spec) if storage else None  # an unreachable database: before anything is created
+    _check_budget(model, options)
+    spec, manifest, space_file = _prepare(dataset, data_dir, model, options)
+    tune_dir = _tune_dir(Path(runs_dir), name, f"tune-{manifest['name']}-{model}")
+    spec.tune_dir, spec.storage = str(tune_dir), options.storage or str(tune_dir / JOURNAL)
+    spec.track = options.tracking.named(experiment=tune_dir.name).check().to_dict() if options.tracking else None
+    study = load_study(spec) if options.storage else None  # an unreachable database: before anything is created
     created = not tune_dir.exists()
     tune_dir.mkdir(parents=True, exist_ok=True)
     try:
-        if not (tune_dir / TUNE_FILE).is_file():
-            write_json_atomic(tune_dir / TUNE_FILE, {"dataset": spec.dataset, "model": model,
-                                                     "storage": redact(spec.storage)})
-        study = study or load_study(spec)
-        _check_same_study(study, _signature(spec, manifest["files"][ARRAYS]), spec.storage)
-        study.set_user_attr("space_file", str(space_file))
-        study.set_user_attr("last_command", redact(command) if command else command)
-        _mark_dead_trials(study)
-        _search(spec, study, jobs, trials if until is None else max(until - len(_finished(study)), 0), on_event)
+        study = _open_study(spec, study, manifest, space_file, command)
+        trials = options.trials if options.until is None else max(options.until - len(_finished(study)), 0)
+        _search(spec, study, options.jobs, trials, on_event)
         return _conclude(spec, study, on_event, started)
     except KeyboardInterrupt:
         raise Interrupted(f"tune {tune_dir} stopped; its finished trials are kept in {redact(spec.storage)}: run the "
@@ -396,9 +396,33 @@ def run_tune(
         raise
 
 
-def _check_budget(model: str, trials: int | None, until: int | None, timeout: float | None, jobs: int,
-                  seed: int) -> None:
+def _tune_dir(runs_dir: Path, name: str | None, default: str) -> Path:
+    """The study's directory under ``runs_dir`` (``name``, else ``default``), checked to be
+    one ``cml tune`` may write into, as an absolute path."""
+    tune_dir = runs_dir / (check_name(name, "--name") if name else default)
+    check_tune_dir(tune_dir)
+    check_writable_dir(tune_dir, "tune directory")
+    return tune_dir.resolve()
+
+
+def _open_study(spec: TuneSpec, study, manifest: dict[str, Any], space_file: Path, command: str | None):
+    """The study of ``spec`` (``study`` when already loaded), with the tune directory's marker
+    written, checked to be this study's, its records updated and its dead trials marked."""
+    tune_dir = Path(spec.tune_dir)
+    if not (tune_dir / TUNE_FILE).is_file():
+        write_json_atomic(tune_dir / TUNE_FILE, {"dataset": spec.dataset, "model": spec.model,
+                                                 "storage": redact(spec.storage)})
+    study = study or load_study(spec)
+    _check_same_study(study, _signature(spec, manifest["files"][ARRAYS]), spec.storage)
+    study.set_user_attr("space_file", str(space_file))
+    study.set_user_attr("last_command", redact(command) if command else command)
+    _mark_dead_trials(study)
+    return study
+
+
+def _check_budget(model: str, options: TuneOptions) -> None:
     """The options that say what to search and how long, checked (an :class:`InputError`)."""
+    trials, until, timeout, jobs, seed = options.trials, options.until, options.timeout, options.jobs, options.seed
     if model not in registry.MODELS:
         raise InputError(f"--model: unknown model '{model}'{did_you_mean(model, registry.names())} (known: "
                          f"{', '.join(registry.names())})")
@@ -418,17 +442,17 @@ def _check_budget(model: str, trials: int | None, until: int | None, timeout: fl
         raise InputError(f"--seed: must be in [0, {SEED_MAX}], got {seed}")
 
 
-def _prepare(dataset: str | Path, data_dir: Path | None, model: str, overrides: dict[str, Any] | None,
-             space: Path | None, seed: int, pruner: bool, timeout: float | None) -> tuple[TuneSpec, dict[str, Any], Path]:
+def _prepare(dataset: str | Path, data_dir: Path | None, model: str,
+             options: TuneOptions) -> tuple[TuneSpec, dict[str, Any], Path]:
     """The study's spec (without its directory and storage), the dataset's manifest and the
     search space's file, all checked; the dataset is read whole (checksums, structure) so that
     no trial fails on it."""
-    fixed = dict(overrides or {})
+    fixed = dict(options.overrides)
     for key in ("model", "seed", "protocol"):
         if key in fixed:
             raise InputError(f"--set {key}=...: a study sets {key} itself (use --model / --seed)")
     apply_overrides(RunConfig(), fixed)  # unknown keys and bad values -> exit 2 before anything runs
-    space_file, params = load_space(space, model, fixed)
+    space_file, params = load_space(options.space, model, fixed)
     ds_dir = resolve_dataset_dir(dataset, data_dir).resolve()
     manifest = read_manifest(ds_dir)
     if not manifest.get("n_valid_users"):
@@ -437,8 +461,8 @@ def _prepare(dataset: str | Path, data_dir: Path | None, model: str, overrides: 
     load_dataset(ds_dir)
     spec = TuneSpec(dataset=str(manifest["name"]), dataset_dir=str(ds_dir), model=model,
                     preset=dataset_preset_name(manifest), fixed=fixed,
-                    params=[{**p.__dict__, "choices": list(p.choices)} for p in params], seed=seed,
-                    tune_dir="", storage="", pruner=pruner, extra={"timeout": timeout})
+                    params=[{**p.__dict__, "choices": list(p.choices)} for p in params], seed=options.seed,
+                    tune_dir="", storage="", pruner=options.pruner, extra={"timeout": options.timeout})
     first = spec.config({p.name: (p.choices[0] if p.type == "categorical" else p.low) for p in params})
     check_cutoffs(first.ks, manifest["n_items"])  # a valid configuration for this dataset?
     return spec, manifest, space_file
@@ -507,7 +531,7 @@ def _conclude(spec: TuneSpec, study, on_event, started: float) -> dict[str, Any]
     reference = _train_default(spec, tune_dir, notify)
     default_value = float(reference["valid"][METRIC])
     notify("default", {"value": default_value, "best_value": best.value, "run": reference["run_dir"]})
-    best_file = write_best(spec, best, tune_dir / "best.toml", len(_finished(study)), default_value)
+    best_file = write_best(spec, best, tune_dir / BEST_CONFIG, len(_finished(study)), default_value)
     notify("best", {"number": best.number, "value": best.value, "params": best.params})
     final = _train_best(spec, tune_dir, best_file, EventProgress("best", notify))
     pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
@@ -548,14 +572,14 @@ def write_best(spec: TuneSpec, best, path: Path, finished: int, default_value: f
 def _train_default(spec: TuneSpec, tune_dir: Path, notify: Callable[[str, dict], None]) -> dict[str, Any]:
     """Train the model's default configuration (none of the space's values) like a trial in
     ``<tune-dir>/default``: strict protocol, the study's seed, validation only."""
-    return _train_once(spec, spec.config({}), tune_dir / "default", "valid", EventProgress("default", notify))
+    return _train_once(spec, spec.config({}), tune_dir / DEFAULT_RUN, "valid", EventProgress("default", notify))
 
 
 def _train_best(spec: TuneSpec, tune_dir: Path, best_file: Path, progress=None) -> dict[str, Any]:
     """Train ``best.toml`` once in ``<tune-dir>/best`` (test evaluated once)."""
     cfg = compose(spec.preset, [load_toml(best_file)])
     cfg.seed = spec.seed
-    return _train_once(spec, cfg.validate(), tune_dir / "best", "test", progress)
+    return _train_once(spec, cfg.validate(), tune_dir / BEST_RUN, "test", progress)
 
 
 def _train_once(spec: TuneSpec, cfg: RunConfig, path: Path, split: str, progress) -> dict[str, Any]:
@@ -563,7 +587,7 @@ def _train_once(spec: TuneSpec, cfg: RunConfig, path: Path, split: str, progress
     or reuse that run when it already holds exactly this configuration and ``split``'s metrics.
     While another process (a second ``cml tune`` on the same study) trains it, wait for that
     process, then look again."""
-    from cml_cli.train.loop import train
+    from cml_cli.train.loop import Watch, train
 
     run = RunDir(path)
     while True:
@@ -574,8 +598,8 @@ def _train_once(spec: TuneSpec, cfg: RunConfig, path: Path, split: str, progress
         if final is not None and final.get(split):
             return final
         try:
-            return train(spec.dataset_dir, cfg, runs_dir=path.parent, name=path.name, force=True, progress=progress,
-                         evaluate_test=split == "test", tracker=spec.tracker(path.name))
+            return train(spec.dataset_dir, cfg, runs_dir=path.parent, name=path.name, force=True,
+                         watch=Watch(progress, spec.tracker(path.name), evaluate_test=split == "test"))
         except InputError:
             if run.holder() is None:
                 raise
@@ -596,7 +620,7 @@ def _run_workers(spec: TuneSpec, jobs: int, trials: int | None, study, notify) -
     for j, quota in enumerate(quotas):
         if trials is not None and quota == 0:
             continue
-        log = open(Path(spec.tune_dir) / f"worker-{j}.log", "a")
+        log = open(Path(spec.tune_dir) / worker_log_name(j), "a")
         procs.append(subprocess.Popen([sys.executable, "-m", "cml_cli.tune", json.dumps(spec.__dict__), str(quota)],
                                       stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env))
         log.close()

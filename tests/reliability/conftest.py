@@ -87,10 +87,10 @@ def children(tmp_path_factory) -> Children:
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
     """``<tmp>/data/synthetic``: the tiny synthetic dataset, processed once per session."""
-    from cml_cli.data.preprocess import preprocess
+    from cml_cli.data.preprocess import ReadOptions, preprocess
 
     root = tmp_path_factory.mktemp("reliability-data") / "data"
-    preprocess("synthetic", size="tiny", data_dir=root)
+    preprocess("synthetic", None, ReadOptions(size="tiny"), data_dir=root)
     return root
 
 

@@ -94,10 +94,10 @@ def test_sigterm_stops_train_as_ctrl_c_does(data_dir, tmp_path):
 
 
 def test_ctrl_c_during_preprocess_changes_nothing(tmp_path):
-    from cml_cli.data.preprocess import preprocess
+    from cml_cli.data.preprocess import ReadOptions, preprocess
 
     data = tmp_path / "data"
-    preprocess("synthetic", size="tiny", name="s", data_dir=data)
+    preprocess("synthetic", None, ReadOptions(size="tiny"), name="s", data_dir=data)
     before = {str(p.relative_to(data)): p.read_bytes() for p in sorted(data.rglob("*")) if p.is_file()}
     proc = start_installed("preprocess", "--dataset", "synthetic", "--size", "medium", "--name", "s",
                            "--data-dir", data)

@@ -104,7 +104,8 @@ def _toml_string(text: str) -> str:
 @given(name=names, seed=st.integers(0, 2**32 - 1))
 @example(name="x" * 256, seed=0)
 def test_variant_names_of_a_variants_file(base, name, seed):
-    from cml_cli.ablate import dir_name, load_variants_file
+    from cml_cli.ablate import load_variants_file
+    from cml_cli.layout import run_dir_name as dir_name
 
     with tempfile.TemporaryDirectory(dir=base) as tmp:
         path = Path(tmp) / "v.toml"
@@ -121,7 +122,7 @@ def test_variant_names_of_a_variants_file(base, name, seed):
 @SETTINGS
 @given(name=names, seed=st.text(max_size=12))
 def test_run_names_in_a_grid_json(base, name, seed):
-    from cml_cli.data.store import read_grid
+    from cml_cli.layout import read_grid
 
     with tempfile.TemporaryDirectory(dir=base) as tmp:
         path = Path(tmp) / "grid.json"

@@ -95,11 +95,11 @@ def tamper(ds_dir: Path, mutation: str, key: str, columns: int, other: Path) -> 
 def sources(tmp_path_factory, children) -> dict:
     """The tiny synthetic dataset with 4 behaviors cut to view and buy, its one-epoch result, and
     another (larger) dataset whose arrays can be swapped in."""
-    from cml_cli.data.preprocess import preprocess
+    from cml_cli.data.preprocess import ReadOptions, preprocess
 
     root = tmp_path_factory.mktemp("tamper")
-    preprocess("synthetic", size="tiny", data_dir=root / "data", behaviors=["view", "buy"])
-    preprocess("synthetic", size="small", data_dir=root / "other", behaviors=["view", "buy"])
+    preprocess("synthetic", None, ReadOptions(behaviors=["view", "buy"], size="tiny"), data_dir=root / "data")
+    preprocess("synthetic", None, ReadOptions(behaviors=["view", "buy"], size="small"), data_dir=root / "other")
     child = children.run(train_argv(root / "data", root / "runs", "clean", "--set", "epochs=1"))
     assert child.exitcode == 0, child.stderr
     return {"root": root, "data": root / "data", "other": root / "other" / "synthetic",

@@ -205,31 +205,31 @@ def test_a_full_disk_during_tune_fails_each_trial_with_one_line(children, data_d
 
 @needs_optuna
 def test_a_torn_journal_record_is_set_aside(data_dir, tmp_path, capsys):
-    from cml_cli.tune import run_tune
+    from cml_cli.tune import TuneOptions, run_tune
 
     runs = tmp_path / "runs"
-    run_tune("synthetic", "itemknn-merged", trials=1, name="t", runs_dir=runs, data_dir=data_dir)
+    run_tune("synthetic", "itemknn-merged", TuneOptions(trials=1), name="t", runs_dir=runs, data_dir=data_dir)
     journal = runs / "t" / "study.journal"
     text = journal.read_bytes()
     journal.write_bytes(text[:-40])  # the last record cut off half-way (a write killed mid-line)
-    again = run_tune("synthetic", "itemknn-merged", trials=1, name="t", runs_dir=runs, data_dir=data_dir)
+    again = run_tune("synthetic", "itemknn-merged", TuneOptions(trials=1), name="t", runs_dir=runs, data_dir=data_dir)
     assert again["trials"] >= 1
     assert "last record was cut off" in capsys.readouterr().err
     torn = list((runs / "t").glob("study.journal.torn-*"))
     cut = text[:-40].rfind(b"\n") + 1
     assert len(torn) == 1 and torn[0].read_bytes() == text[cut:-40] and journal.read_bytes().startswith(text[:cut])
     assert all(json.loads(line) for line in journal.read_text().splitlines())  # every record whole again
-    third = run_tune("synthetic", "itemknn-merged", trials=1, name="t", runs_dir=runs, data_dir=data_dir)
+    third = run_tune("synthetic", "itemknn-merged", TuneOptions(trials=1), name="t", runs_dir=runs, data_dir=data_dir)
     assert third["trials"] == again["trials"] + 1  # never made worse
 
 
 @needs_optuna
 def test_a_second_tune_waits_for_the_best_run(data_dir, tmp_path):
     """Two ``cml tune`` on one study: the second waits while the first trains the best run."""
-    from cml_cli.tune import run_tune
+    from cml_cli.tune import TuneOptions, run_tune
 
     runs = tmp_path / "runs"
-    run_tune("synthetic", "itemknn-merged", trials=1, name="t", runs_dir=runs, data_dir=data_dir)
+    run_tune("synthetic", "itemknn-merged", TuneOptions(trials=1), name="t", runs_dir=runs, data_dir=data_dir)
     best = runs / "t" / "best"
     (best / "metrics.json").unlink()  # the first process is training it right now ...
     holder = open(best / ".lock", "a+")
@@ -242,7 +242,7 @@ def test_a_second_tune_waits_for_the_best_run(data_dir, tmp_path):
 
     try:
         started = time.monotonic()
-        result = run_tune("synthetic", "itemknn-merged", trials=1, name="t", runs_dir=runs, data_dir=data_dir,
+        result = run_tune("synthetic", "itemknn-merged", TuneOptions(trials=1), name="t", runs_dir=runs, data_dir=data_dir,
                           on_event=release_soon)
     except InputError as e:
         pytest.fail(f"the second tune did not wait: {e}")

@@ -76,8 +76,7 @@ def test_save_dataset_into_proc(tmp_path):
     from cml_cli.data.store import save_dataset
 
     raw = synthetic.read("tiny")
-    ds = build_dataset(name="t", behaviors=raw.behaviors, n_users=raw.n_users, n_items=raw.n_items,
-                       train=raw.train, test_user=raw.test_user, test_item=raw.test_item)
+    ds = build_dataset(raw, "t")
     with pytest.raises(InputError, match="data directory /proc/cml-test: /proc is not writable"):
         save_dataset(ds, Path("/proc/cml-test"))
 

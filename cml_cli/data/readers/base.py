@@ -1,14 +1,14 @@
-"""What every reader returns: raw splits, before validation hold-out and candidates."""
+"""What the readers share: :class:`~cml_cli.data.dataset.RawData` (what every reader returns: raw
+splits, before validation hold-out and candidates), the funnel order of behavior names, path checks."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from cml_cli.data.dataset import Interactions
+from cml_cli.data.dataset import RawData
 from cml_cli.errors import InputError
+
+__all__ = ["FUNNEL_ORDER", "RawData", "funnel_sorted", "require_path"]
 
 # Funnel order of the behavior names the published formats use (a dataset has only one of
 # pv / click / view): behaviors found in files are ordered by it, unknown names first.
@@ -18,21 +18,6 @@ FUNNEL_ORDER = ("pv", "click", "view", "fav", "cart", "buy")
 def funnel_sorted(names) -> list[str]:
     """Behavior names in :data:`FUNNEL_ORDER` (names it does not know first, alphabetically)."""
     return sorted(names, key=lambda b: (FUNNEL_ORDER.index(b) if b in FUNNEL_ORDER else -1, b))
-
-
-@dataclass
-class RawData:
-    """Behaviors in order (target last), per-behavior training interactions, and the
-    leave-one-out test split as parallel arrays ``test_user``/``test_item``."""
-
-    behaviors: list[str]
-    n_users: int
-    n_items: int
-    train: dict[str, Interactions]
-    test_user: np.ndarray
-    test_item: np.ndarray
-    meta_users: np.ndarray | None = None
-    info: dict = field(default_factory=dict)
 
 
 def require_path(path: Path, kind: str = "path") -> Path:

@@ -86,20 +86,25 @@ def read(source: Path, behaviors: list[str] | None = None, target: str | None = 
         raise InputError(f"{source}: no test file (tst_int or test_mat.pkl)")
     test_user, test_item = _read_test(test_file, n_users, n_items)
 
-    meta = None
-    meta_file = next((source / n for n in _META if (source / n).is_file()), None)
-    if meta_file is not None:
-        obj = safe_load(meta_file)
-        try:
-            meta = np.asarray(obj, dtype=np.int64).reshape(-1)
-        except (TypeError, ValueError):
-            raise InputError(f"{meta_file}: expected a list of user ids") from None
-        if meta.size and (meta.min() < 0 or meta.max() >= n_users):
-            raise InputError(f"{meta_file}: user ids out of range 0..{n_users - 1}")
     return RawData(
-        present, n_users, n_items, train, test_user, test_item, meta,
+        present, n_users, n_items, train, test_user, test_item, _read_meta(source, n_users),
         info={"missing_behaviors": [b for b in behaviors if b not in files]},
     )
+
+
+def _read_meta(source: Path, n_users: int) -> np.ndarray | None:
+    """The meta users (``meta_multi_single_beh_user_index_shuffle``), checked; None without that file."""
+    meta_file = next((source / n for n in _META if (source / n).is_file()), None)
+    if meta_file is None:
+        return None
+    obj = safe_load(meta_file)
+    try:
+        meta = np.asarray(obj, dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError):
+        raise InputError(f"{meta_file}: expected a list of user ids") from None
+    if meta.size and (meta.min() < 0 or meta.max() >= n_users):
+        raise InputError(f"{meta_file}: user ids out of range 0..{n_users - 1}")
+    return meta
 
 
 def _read_test(path: Path, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:

@@ -61,61 +61,123 @@ PRESETS: dict[str, EventsPreset] = {
 }
 
 
-def read(
-    source: Path,
-    *,
-    preset: str | None = None,
-    user_col: str | None = None,
-    item_col: str | None = None,
-    behavior_col: str | None = None,
-    time_col: str | None = None,
-    behaviors: list[str] | None = None,
-    behavior_map: dict | None = None,
-    kcore: int | None = None,
-    sep: str | None = None,
-) -> RawData:
+@dataclass(frozen=True)
+class EventsOptions:
+    """How to read an event log: a ``preset`` of a public log (its columns, behavior names and
+    order), the column names (``user_col`` ...; default the preset's, else ``user``, ``item``,
+    ``behavior``, ``timestamp``; a ``time_col`` given must exist), the ``behaviors`` in order
+    (target last), ``behavior_map`` (raw value -> behavior name), ``kcore`` and the field
+    separator ``sep`` (default from the file's suffix)."""
+
+    preset: str | None = None
+    user_col: str | None = None
+    item_col: str | None = None
+    behavior_col: str | None = None
+    time_col: str | None = None
+    behaviors: list[str] | None = None
+    behavior_map: dict | None = None
+    kcore: int | None = None
+    sep: str | None = None
+
+
+@dataclass
+class _Events:
+    """The log's events as parallel arrays (behavior codes index ``behaviors``), and what was counted."""
+
+    user: np.ndarray
+    item: np.ndarray
+    beh: np.ndarray
+    time: np.ndarray
+    behaviors: list[str]
+    has_time: bool
+    info: dict
+
+
+def read(source: Path, options: EventsOptions = EventsOptions()) -> RawData:
     """Read an event log into raw splits (see the module docstring).
 
-    ``behaviors`` (target last) orders the behaviors; without it, the preset's order or the
-    sorted distinct values with ``buy`` last. Raw values are renamed by ``behavior_map`` (or
-    the preset's). A value that is neither in ``behaviors`` nor a known preset value is an
-    error; known preset values left out of ``behaviors`` are dropped.
+    ``options.behaviors`` (target last) orders the behaviors; without it, the preset's order
+    or the sorted distinct values with ``buy`` last. Raw values are renamed by
+    ``options.behavior_map`` (or the preset's). A value that is neither in ``behaviors`` nor a
+    known preset value is an error; known preset values left out of ``behaviors`` are dropped.
     """
     source = require_path(source, "file")
     if not source.is_file():
         raise InputError(f"{source}: not a file (the events format is one CSV, TSV or parquet file)")
-    if preset is not None and preset not in PRESETS:
-        raise InputError(f"--events-preset: unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
-    p = PRESETS.get(preset) if preset else None
-    cols = {
-        "user": user_col or (p.user_col if p else "user"),
-        "item": item_col or (p.item_col if p else "item"),
-        "behavior": behavior_col or (p.behavior_col if p else "behavior"),
-    }
-    tcol = time_col or (p.time_col if p else "timestamp")
-    time_required = time_col is not None
-    bmap = {str(k).strip(): str(v) for k, v in (behavior_map or (p.behavior_map if p else {})).items()}
+    _check_options(options)
+    ev = _events(source, options)
+    tgt = len(ev.behaviors) - 1
+    n_events = ev.user.size
+    user, item, beh, time = _dedupe(ev.user, ev.item, ev.beh, ev.time, ev.info["n_raw_items"], len(ev.behaviors))
+    n_dups = int(n_events - user.size)
+    k = int(options.kcore or 0)
+    user, item, beh, time, rounds = _kcore(user, item, beh, time, k, ev.info["n_raw_users"], ev.info["n_raw_items"])
+    if k > 1 and not (beh == tgt).any():
+        raise InputError(f"{source}: no '{ev.behaviors[-1]}' events left after {k}-core filtering")
+    user, item, n_users, n_items = _compact(user, item)
+    test_user, test_item, drop = _leave_one_out(user, item, beh, time, tgt, n_users)
+    if not test_user.size:
+        raise InputError(
+            f"{source}: no user has two or more distinct '{ev.behaviors[-1]}' items, so there is no test split"
+        )
+    train: dict[str, Interactions] = {}
+    for b, name in enumerate(ev.behaviors):
+        sel = (beh == b) & ~drop
+        train[name] = Interactions(user[sel], item[sel], time[sel] if ev.has_time else None)
+    info = {"preset": options.preset, "n_events": ev.info["n_events"], "n_duplicates": n_dups,
+            "n_dropped_behavior_events": ev.info["n_dropped"], "n_raw_users": ev.info["n_raw_users"],
+            "n_raw_items": ev.info["n_raw_items"], "kcore": k, "kcore_rounds": rounds, "has_time": ev.has_time,
+            "test_order": "timestamp" if ev.has_time else "file order",
+            "n_users_without_test": int(n_users - test_user.size), "missing_behaviors": ev.info["missing"]}
+    return RawData(list(ev.behaviors), n_users, n_items, train, test_user, test_item, None, info=info)
+
+
+def _check_options(options: EventsOptions) -> None:
+    """The options that need no file, checked (an :class:`InputError`)."""
+    if options.preset is not None and options.preset not in PRESETS:
+        raise InputError(f"--events-preset: unknown preset '{options.preset}' (choose from {', '.join(PRESETS)})")
+    kcore = options.kcore
     if kcore is not None and (not isinstance(kcore, (int, np.integer)) or kcore < 0):
         raise InputError(f"--kcore: expected a non-negative integer, got {kcore!r}")
-    if behaviors is not None:
-        behaviors = [str(b) for b in behaviors]
+    if options.behaviors is not None:
+        behaviors = [str(b) for b in options.behaviors]
         if not behaviors:
             raise InputError("no behaviors given")
         if len(set(behaviors)) != len(behaviors):
             raise InputError(f"behaviors {behaviors} name some behavior twice")
 
-    cols_raw, n_rows, has_time = _read_columns(source, sep, p, cols, tcol, time_required)
+
+def _events(source: Path, options: EventsOptions) -> _Events:
+    """The log's events with ids as read, behaviors coded and ordered (events of dropped
+    behaviors removed, behaviors without events left out unless named), time or file order."""
+    p = PRESETS.get(options.preset) if options.preset else None
+    cols = {
+        "user": options.user_col or (p.user_col if p else "user"),
+        "item": options.item_col or (p.item_col if p else "item"),
+        "behavior": options.behavior_col or (p.behavior_col if p else "behavior"),
+    }
+    tcol = options.time_col or (p.time_col if p else "timestamp")
+    bmap = {str(k).strip(): str(v) for k, v in (options.behavior_map or (p.behavior_map if p else {})).items()}
+    behaviors = [str(b) for b in options.behaviors] if options.behaviors is not None else None
+    cols_raw, n_rows, has_time = _read_columns(source, options.sep, p, cols, tcol, options.time_col is not None)
     user_raw, n_raw_users = cols_raw.ids("user", source, cols["user"], p.int_ids if p else False)
     item_raw, n_raw_items = cols_raw.ids("item", source, cols["item"], p.int_ids if p else False)
     values, beh_code = cols_raw.behavior()
-    explicit = behaviors is not None
-    behaviors, code_of = _behavior_codes(source, values, bmap, behaviors, p, behavior_map is None, cols["behavior"])
+    behaviors, code_of = _behavior_codes(source, values, bmap, behaviors, p, options.behavior_map is None,
+                                         cols["behavior"])
     beh = code_of[beh_code] if beh_code.size else beh_code.astype(np.int64)
     keep = beh >= 0
-    n_dropped = int((~keep).sum())
-    user, item, beh = user_raw[keep], item_raw[keep], beh[keep]
     time = cols_raw.time()[keep] if has_time else np.flatnonzero(keep).astype(np.int64)
-    del user_raw, item_raw
+    beh, behaviors, empty = _drop_empty(source, beh[keep], behaviors, options.behaviors is not None)
+    info = {"n_events": n_rows, "n_dropped": int((~keep).sum()), "n_raw_users": n_raw_users,
+            "n_raw_items": n_raw_items, "missing": empty}
+    return _Events(user_raw[keep], item_raw[keep], beh, time, behaviors, bool(has_time), info)
+
+
+def _drop_empty(source: Path, beh: np.ndarray, behaviors: list[str],
+                explicit: bool) -> tuple[np.ndarray, list[str], list[str]]:
+    """Leave out the behaviors without events (an error for named ones and for the target):
+    the recoded behaviors, the behaviors kept and those left out."""
     empty = [b for j, b in enumerate(behaviors) if not (beh == j).any()]
     if empty and behaviors[-1] not in empty:
         if explicit:
@@ -125,43 +187,9 @@ def read(
         new_code[kept] = np.arange(len(kept))
         beh = new_code[beh]
         behaviors = [behaviors[j] for j in kept]
-    tgt = len(behaviors) - 1
-    if not (beh == tgt).any():
+    if not (beh == len(behaviors) - 1).any():
         raise InputError(f"{source}: no events of the target behavior '{behaviors[-1]}'")
-
-    n_events = user.size
-    user, item, beh, time = _dedupe(user, item, beh, time, n_raw_items, len(behaviors))
-    n_dups = int(n_events - user.size)
-    k = int(kcore or 0)
-    user, item, beh, time, rounds = _kcore(user, item, beh, time, k, n_raw_users, n_raw_items)
-    if k > 1 and not (beh == tgt).any():
-        raise InputError(f"{source}: no '{behaviors[-1]}' events left after {k}-core filtering")
-    user, item, n_users, n_items = _compact(user, item)
-    test_user, test_item, drop = _leave_one_out(user, item, beh, time, tgt, n_users)
-    if not test_user.size:
-        raise InputError(
-            f"{source}: no user has two or more distinct '{behaviors[-1]}' items, so there is no test split"
-        )
-
-    train: dict[str, Interactions] = {}
-    for b, name in enumerate(behaviors):
-        sel = (beh == b) & ~drop
-        train[name] = Interactions(user[sel], item[sel], time[sel] if has_time else None)
-    info = {
-        "preset": preset,
-        "n_events": n_rows,
-        "n_duplicates": n_dups,
-        "n_dropped_behavior_events": n_dropped,
-        "n_raw_users": n_raw_users,
-        "n_raw_items": n_raw_items,
-        "kcore": k,
-        "kcore_rounds": rounds,
-        "has_time": bool(has_time),
-        "test_order": "timestamp" if has_time else "file order",
-        "n_users_without_test": int(n_users - test_user.size),
-        "missing_behaviors": empty,
-    }
-    return RawData(list(behaviors), n_users, n_items, train, test_user, test_item, None, info=info)
+    return beh, behaviors, empty
 
 
 Events = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # user, item, behavior code, time

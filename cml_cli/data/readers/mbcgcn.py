@@ -56,24 +56,9 @@ def read(source: Path, behaviors: list[str] | None = None) -> RawData:
     found = discover(source)
     if not found:
         raise InputError(f"{source}: no behavior folder with {TRAIN_TXT} or {ADJ_NPZ}")
-    if behaviors is None:
-        tgt = next((t for t in TARGETS if t in found), None)
-        if tgt is None:
-            raise InputError(f"{source}: cannot tell the target behavior among {found}; pass --behaviors")
-        names = funnel_sorted(found)
-        behaviors = [b for b in names if b != tgt] + [tgt]
-    if not behaviors:
-        raise InputError("no behaviors given")
-    if len(set(behaviors)) != len(behaviors):
-        raise InputError(f"behaviors {behaviors} name some behavior twice")
+    behaviors = _behaviors(source, found, behaviors)
     tgt = behaviors[-1]
-    if tgt not in found:
-        raise InputError(f"{source}: no {TRAIN_TXT} or {ADJ_NPZ} for the target behavior '{tgt}' (found {found})")
     present = [b for b in behaviors if b in found]
-    test_path = source / tgt / TEST_TXT
-    if not test_path.is_file():
-        raise InputError(f"{test_path}: no such file (the test split of the target behavior '{tgt}')")
-
     # Text files first: they fix n_users (and a lower bound on n_items).
     text_pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     heldout: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -90,8 +75,42 @@ def read(source: Path, behaviors: list[str] | None = None) -> RawData:
     all_pairs = list(text_pairs.values()) + list(heldout.values())
     n_users = max((int(u.max()) + 1 for u, _ in all_pairs if u.size), default=0)
     max_item = max((int(i.max()) for _, i in all_pairs if i.size), default=-1)
+    adj, n_users, n_items = _adjacencies(npz_files, n_users, max_item)
+    if n_users == 0 or n_items == 0:
+        raise InputError(f"{source}: no interactions")
+    info: dict = {"missing_behaviors": [b for b in behaviors if b not in found], "train_from": {},
+                  "train_pairs": {}, "heldout_pairs_joined": {}}
+    train = {b: _training(b, adj, text_pairs, heldout if b != tgt else {}, n_users, info) for b in present}
+    test_user, test_item = heldout[tgt]
+    return RawData(present, n_users, n_items, train, test_user, test_item, None, info=info)
 
-    # Adjacency matrices: the user/item split must agree with the text files.
+
+def _behaviors(source: Path, found: list[str], behaviors: list[str] | None) -> list[str]:
+    """The behaviors to read in order, target last (default: the found folders in funnel order,
+    target one of :data:`TARGETS`), checked: the target has training data and a test split."""
+    if behaviors is None:
+        tgt = next((t for t in TARGETS if t in found), None)
+        if tgt is None:
+            raise InputError(f"{source}: cannot tell the target behavior among {found}; pass --behaviors")
+        names = funnel_sorted(found)
+        behaviors = [b for b in names if b != tgt] + [tgt]
+    if not behaviors:
+        raise InputError("no behaviors given")
+    if len(set(behaviors)) != len(behaviors):
+        raise InputError(f"behaviors {behaviors} name some behavior twice")
+    tgt = behaviors[-1]
+    if tgt not in found:
+        raise InputError(f"{source}: no {TRAIN_TXT} or {ADJ_NPZ} for the target behavior '{tgt}' (found {found})")
+    test_path = source / tgt / TEST_TXT
+    if not test_path.is_file():
+        raise InputError(f"{test_path}: no such file (the test split of the target behavior '{tgt}')")
+    return behaviors
+
+
+def _adjacencies(npz_files: dict[str, Path], n_users: int,
+                 max_item: int) -> tuple[dict[str, sp.csr_matrix], int, int]:
+    """The behaviors' adjacency matrices, whose user/item split must agree with the text files
+    (``n_users`` users and item ids up to ``max_item`` there): the matrices, users and items."""
     adj: dict[str, sp.csr_matrix] = {}
     split_lo, split_hi = 0, MAX_ID
     dim = None
@@ -109,38 +128,35 @@ def read(source: Path, behaviors: list[str] | None = None) -> RawData:
                 f"(its edges need between {lo} and {hi} users)"
             )
         adj[b] = a
-    if dim is not None:
-        n_users = max(n_users, split_lo)
-        n_items = dim - n_users
-        if n_items <= max_item:
-            raise InputError(
-                f"{next(iter(npz_files.values()))}: shape {(dim, dim)} leaves {n_items} items "
-                f"for {n_users} users, but the text files use item id {max_item}"
-            )
-    else:
-        n_items = max_item + 1
-    if n_users == 0 or n_items == 0:
-        raise InputError(f"{source}: no interactions")
+    if dim is None:
+        return adj, n_users, max_item + 1
+    n_users = max(n_users, split_lo)
+    n_items = dim - n_users
+    if n_items <= max_item:
+        raise InputError(
+            f"{next(iter(npz_files.values()))}: shape {(dim, dim)} leaves {n_items} items "
+            f"for {n_users} users, but the text files use item id {max_item}"
+        )
+    return adj, n_users, n_items
 
-    train: dict[str, Interactions] = {}
-    info: dict = {"missing_behaviors": [b for b in behaviors if b not in found], "train_from": {},
-                  "train_pairs": {}, "heldout_pairs_joined": {}}
-    for b in present:
-        if b in adj:
-            r = adj[b][:n_users, n_users:].tocoo()
-            u, i = r.row.astype(np.int64), r.col.astype(np.int64)
-            info["train_from"][b] = ADJ_NPZ
-        else:
-            u, i = text_pairs[b]
-            info["train_from"][b] = TRAIN_TXT
-        info["train_pairs"][b] = int(u.size)
-        if b != tgt and b in heldout:
-            hu, hi_ = heldout[b]
-            u, i = np.concatenate([u, hu]), np.concatenate([i, hi_])
-            info["heldout_pairs_joined"][b] = int(hu.size)
-        train[b] = Interactions(u, i, None)
-    test_user, test_item = heldout[tgt]
-    return RawData(present, n_users, n_items, train, test_user, test_item, None, info=info)
+
+def _training(b: str, adj: dict[str, sp.csr_matrix], text_pairs: dict, heldout: dict, n_users: int,
+              info: dict) -> Interactions:
+    """Behavior ``b``'s training pairs: from its adjacency or its ``train.txt``, joined by its
+    held-out pairs (``heldout``: the auxiliary behaviors'); recorded in ``info``."""
+    if b in adj:
+        r = adj[b][:n_users, n_users:].tocoo()
+        u, i = r.row.astype(np.int64), r.col.astype(np.int64)
+        info["train_from"][b] = ADJ_NPZ
+    else:
+        u, i = text_pairs[b]
+        info["train_from"][b] = TRAIN_TXT
+    info["train_pairs"][b] = int(u.size)
+    if b in heldout:
+        hu, hi_ = heldout[b]
+        u, i = np.concatenate([u, hu]), np.concatenate([i, hi_])
+        info["heldout_pairs_joined"][b] = int(hu.size)
+    return Interactions(u, i, None)
 
 
 def _read_lists(path: Path, one_item: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -149,46 +165,7 @@ def _read_lists(path: Path, one_item: bool = False) -> tuple[np.ndarray, np.ndar
     Vectorised: tokens come from one ``bytes.split``; each token's line from a cumulative
     count of newlines at its first byte.
     """
-    try:
-        size = path.stat().st_size
-        if size > MAX_TEXT_BYTES:
-            raise InputError(f"{path}: {size} bytes is larger than the {MAX_TEXT_BYTES} byte limit")
-        data = path.read_bytes()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    if b"\r" in data:
-        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-    buf = np.frombuffer(data, dtype=np.uint8)
-    if not buf.size or _WS[buf].all():
-        raise InputError(f"{path}: empty file")
-    bad = ~_ALLOWED[buf]
-    if bad.any():
-        pos = int(np.argmax(bad))
-        line = int(np.count_nonzero(buf[:pos] == 10)) + 1
-        raise InputError(f"{path}: line {line}: non-integer token {_token_at(data, pos)!r}")
-
-    ws = _WS[buf]
-    start = np.flatnonzero(~ws & np.r_[True, ws[:-1]])
-    line_of = np.cumsum(buf == 10)[start]  # 0-based line index of each token
-    tokens = data.split()
-    longest = max(map(len, tokens))
-    if longest > 18:
-        k = next(k for k, t in enumerate(tokens) if len(t) == longest)
-        raise InputError(f"{path}: line {int(line_of[k]) + 1}: id {tokens[k][:40].decode()!r}... is too large")
-    try:
-        values = np.array(tokens).astype(np.int64)
-    except ValueError:
-        for k, t in enumerate(tokens):
-            try:
-                int(t)
-            except ValueError:
-                raise InputError(
-                    f"{path}: line {int(line_of[k]) + 1}: non-integer token {t.decode()!r}"
-                ) from None
-        raise InputError(f"{path}: unparsable integers") from None
-
+    values, line_of = _integers(path, _read_text(path))
     first = np.r_[True, line_of[1:] != line_of[:-1]]
     line_idx = np.cumsum(first) - 1  # which non-empty line each token is on
     n_tok = np.bincount(line_idx)
@@ -212,6 +189,53 @@ def _read_lists(path: Path, one_item: bool = False) -> tuple[np.ndarray, np.ndar
     item = values[~first]
     user = np.repeat(users, n_tok - 1)
     return user, item
+
+
+def _read_text(path: Path) -> bytes:
+    """A text file's bytes (at most :data:`MAX_TEXT_BYTES`), without a BOM, with ``\n`` line ends."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_TEXT_BYTES:
+            raise InputError(f"{path}: {size} bytes is larger than the {MAX_TEXT_BYTES} byte limit")
+        data = path.read_bytes()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    return data
+
+
+def _integers(path: Path, data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Every whitespace-separated token of ``data`` as an int64, and its 0-based line."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    if not buf.size or _WS[buf].all():
+        raise InputError(f"{path}: empty file")
+    bad = ~_ALLOWED[buf]
+    if bad.any():
+        pos = int(np.argmax(bad))
+        line = int(np.count_nonzero(buf[:pos] == 10)) + 1
+        raise InputError(f"{path}: line {line}: non-integer token {_token_at(data, pos)!r}")
+    ws = _WS[buf]
+    start = np.flatnonzero(~ws & np.r_[True, ws[:-1]])
+    line_of = np.cumsum(buf == 10)[start]  # 0-based line index of each token
+    tokens = data.split()
+    longest = max(map(len, tokens))
+    if longest > 18:
+        k = next(k for k, t in enumerate(tokens) if len(t) == longest)
+        raise InputError(f"{path}: line {int(line_of[k]) + 1}: id {tokens[k][:40].decode()!r}... is too large")
+    try:
+        return np.array(tokens).astype(np.int64), line_of
+    except ValueError:
+        for k, t in enumerate(tokens):
+            try:
+                int(t)
+            except ValueError:
+                raise InputError(
+                    f"{path}: line {int(line_of[k]) + 1}: non-integer token {t.decode()!r}"
+                ) from None
+        raise InputError(f"{path}: unparsable integers") from None
 
 
 def _token_at(data: bytes, pos: int) -> str:
