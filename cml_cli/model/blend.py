@@ -11,8 +11,6 @@ from scipy.stats import rankdata
 from cml_cli.evaluate import Scorer
 from cml_cli.model.scoring import RowScorer
 
-NORMS = ("rank", "zscore")
-
 
 def normalise(rows: np.ndarray, how: str) -> np.ndarray:
     r"""Each row (one user's scores of all items) normalised: ``rank`` maps a score to its
