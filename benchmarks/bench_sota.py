@@ -50,7 +50,7 @@ def measure(data_dir: Path, overrides: list[str]) -> dict:
     from cml_cli.config import parse_set, resolve_config
     from cml_cli.data.store import load_dataset
     from cml_cli.evaluate import evaluate_full
-    from cml_cli.registry import make_trainer
+    from cml_cli.train.factory import make_trainer
 
     load = os.getloadavg()[0]
     cfg = resolve_config("tmall", None, {"model": "cascadingrank", "cr_alpha": "0", "cr_beta": "0.9",

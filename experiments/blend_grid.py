@@ -32,7 +32,7 @@ from cml_cli.config import RunConfig, apply_overrides, parse_set
 from cml_cli.data.store import load_dataset
 from cml_cli.evaluate import known_items, sampled_metrics
 from cml_cli.model.blend import member_rows, normalise
-from cml_cli.registry import make_trainer
+from cml_cli.train.factory import make_trainer
 
 
 def held_out_ranks(rows: np.ndarray, items: np.ndarray, masked: np.ndarray) -> np.ndarray:

@@ -84,7 +84,7 @@ def study_command(argv: list[str]) -> str:
 
 def ensure_dataset(name: str, args) -> Path:
     """``<data-dir>/<name>``, preprocessed first when it is missing."""
-    from cml_cli.data.preprocess import preprocess
+    from cml_cli.data.preprocess import ReadOptions, preprocess
 
     path = Path(args.data_dir) / name
     if (path / "manifest.json").is_file():
@@ -92,7 +92,8 @@ def ensure_dataset(name: str, args) -> Path:
     Path(args.data_dir).mkdir(parents=True, exist_ok=True)
     if name == "synthetic" or name.startswith("synthetic-"):
         print(f"preprocessing {name} into {_arg(path)}", file=sys.stderr, flush=True)
-        preprocess("synthetic", name=name, data_dir=Path(args.data_dir), size=name.partition("-")[2] or "tiny")
+        preprocess("synthetic", None, ReadOptions(size=name.partition("-")[2] or "tiny"), name=name,
+                   data_dir=Path(args.data_dir))
         return path
     shared = tomllib.loads((HERE / "datasets.toml").read_text())["datasets"]
     if name not in shared:
@@ -103,7 +104,8 @@ def ensure_dataset(name: str, args) -> Path:
     if not source.exists():
         raise SystemExit(f"error: {source}: missing (pass --shared DIR, the folder of the published datasets)")
     print(f"preprocessing {name} into {_arg(path)}", file=sys.stderr, flush=True)
-    preprocess(name, source, fmt=spec["format"], data_dir=Path(args.data_dir), valid=not spec.get("no_valid"))
+    preprocess(name, source, ReadOptions(fmt=spec["format"]), data_dir=Path(args.data_dir),
+               valid=not spec.get("no_valid"))
     return path
 
 
@@ -119,7 +121,7 @@ def _same_config(run_dir: Path, cfg: RunConfig) -> bool:
 def ensure_run(run_dir: Path, dataset: Path, cfg: RunConfig) -> dict[str, Any]:
     """The final metrics of ``cfg`` trained on ``dataset`` in ``run_dir``: reused when that run
     finished with the same configuration, resumed when it was interrupted, trained otherwise."""
-    from cml_cli.train.loop import resume, train
+    from cml_cli.train.loop import Watch, resume, train
     from cml_cli.train.progress import LineProgress
     from cml_cli.train.rundir import RunDir
 
@@ -134,7 +136,7 @@ def ensure_run(run_dir: Path, dataset: Path, cfg: RunConfig) -> dict[str, Any]:
     if same and (run.last.is_file() or run.previous.is_file()):
         return resume(run_dir, progress=progress)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    return train(dataset, cfg, runs_dir=run_dir.parent, name=run_dir.name, force=True, progress=progress)
+    return train(dataset, cfg, runs_dir=run_dir.parent, name=run_dir.name, force=True, watch=Watch(progress))
 
 
 def valid_full(run_dir: Path) -> dict[str, float]:

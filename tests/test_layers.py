@@ -28,6 +28,7 @@ FORBIDDEN = {
     "registry": ("cml_cli.data", *_ABOVE_DATA),
     "data": _ABOVE_DATA,
     "errors": ("cml_cli.data", *_ABOVE_DATA),
+    "collapse": _COMMANDS,  # beside train: its check trains a popularity baseline
     "lifeline": ("cml_cli.data", *_ABOVE_DATA),
     "listing": ("cml_cli.data", *_ABOVE_DATA),
     "threads": ("cml_cli.data", *_ABOVE_DATA),
