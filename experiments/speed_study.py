@@ -155,7 +155,8 @@ def study(args, base: Path, work: Path) -> list[dict]:
 def page(args, results: list[dict], base_rev: str, seconds: float) -> str:
     lines = ["# Speed and accuracy at equal wall time (issue 18)", "",
              f"- Command: `python experiments/speed_study.py --base {args.base} --seeds "
-             f"{','.join(map(str, args.seeds))} --datasets {','.join(args.datasets)}`",
+             f"{','.join(map(str, args.seeds))} --datasets {','.join(args.datasets)}"
+             + (f" --epochs-scale {args.epochs_scale:g}" if args.epochs_scale != 1 else "") + "`",
              f"- Base revision: `{base_rev}`; this tree: `{revision(REPO)}`",
              f"- Machine: {platform.node()}, {os.cpu_count()} CPUs, {platform.platform()}, Python "
              f"{platform.python_version()}; each run alone, one after the other; wall time {seconds / 60:.1f} min",
