@@ -74,10 +74,10 @@ def test_table_note_lists_the_collapsed_runs_only():
 def grid(tmp_path_factory):
     """A grid directory of two runs on tiny synthetic data: ``cml-s0`` (the paper's encoder,
     three epochs: collapsed) and ``itemknn-merged-s0``; the stderr of each."""
-    from cml_cli.data.preprocess import preprocess
+    from cml_cli.data.preprocess import ReadOptions, preprocess
 
     data = tmp_path_factory.mktemp("data")
-    preprocess("synthetic", size="tiny", data_dir=data)
+    preprocess("synthetic", None, ReadOptions(size="tiny"), data_dir=data)
     grid = tmp_path_factory.mktemp("grid")
     overrides = {"cml": {"encoder": "cml", "dim": 8, "epochs": 3, "device": "cpu"},
                  "itemknn-merged": {"model": "itemknn-merged", "device": "cpu"}}
@@ -109,13 +109,13 @@ def test_good_run_is_not_flagged(grid, capfd):
 
 
 def test_no_check_for_popularity_or_a_tuning_trial(grid, capfd):
-    from cml_cli.train.loop import train
+    from cml_cli.train.loop import Watch, train
 
     path, data, configs = grid
     pop = train("synthetic", compose("default", [{"model": "popularity"}]).validate(), data_dir=data,
                 runs_dir=path.parent, name="popularity-check", force=True)
     trial = train("synthetic", configs["cml"], data_dir=data, runs_dir=path.parent, name="trial-check", force=True,
-                  evaluate_test=False)
+                  watch=Watch(evaluate_test=False))
     assert "collapse" not in pop and "collapse" not in trial
     assert "warning:" not in capfd.readouterr().err
 
