@@ -206,3 +206,18 @@ def test_bad_input_exits_2_with_one_line(data_dir, tmp_path, extra, message):
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_an_error_raised_while_handling_ctrl_c_stops_the_study():
+    """Ctrl-C inside Optuna's journal lock surfaced as FileNotFoundError (its cleanup removing a
+    file it never made): the study must stop, not record a failed trial and go on."""
+    from cml_cli.tune.study import _caused_by_interrupt
+
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise FileNotFoundError(2, "No such file or directory", "study.journal.lock.rename")  # noqa: B904
+    except FileNotFoundError as e:
+        assert _caused_by_interrupt(e)
+    assert not _caused_by_interrupt(ValueError("a plain failure"))

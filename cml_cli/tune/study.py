@@ -300,12 +300,27 @@ def objective(spec: TuneSpec, on_epoch=None) -> Callable:
         except optuna.TrialPruned:
             raise
         except Exception as e:  # a failing trial is one line in the study, never a traceback
+            if _caused_by_interrupt(e):
+                raise KeyboardInterrupt from None
             error = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
             trial.set_user_attr("error", error)
             raise TrialFailed(error) from None
         return float(result["valid"][METRIC])
 
     return run
+
+
+def _caused_by_interrupt(error: BaseException) -> bool:
+    """Did Ctrl-C cause ``error``? An interrupt inside a library's cleanup (Optuna's journal lock
+    removing a file it never created) surfaces as another exception whose context is the
+    ``KeyboardInterrupt``; the study must stop then, not record a failed trial."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def worker_main(argv: list[str]) -> int:
