@@ -107,11 +107,9 @@ studies-smoke: $(STAMP)
 # Issue 21: the `default` preset chosen leave-one-dataset-out (experiments/default_preset.py):
 # every candidate CML configuration on every dataset, one seed, at most 60 epochs with early
 # stopping; writes experiments/results/default-preset.md and .json. Resumable: rerun to continue.
-# Tmall's CML files are not in the default list: their six runs did not fit the session that
-# chose the preset (add tmall to DEFAULT_PRESET_DATASETS to include them).
 # Quick check on synthetic data: `make default-preset DEFAULT_PRESET_DATASETS=synthetic
 # DEFAULT_PRESET="--candidates current,d64-l2 --epochs 2 --out /tmp/dp"`.
-DEFAULT_PRESET_DATASETS ?= retailrocket,tmall-mbcgcn,ijcai,synthetic,synthetic-1M
+DEFAULT_PRESET_DATASETS ?= retailrocket,tmall-mbcgcn,tmall,ijcai,synthetic,synthetic-1M
 DEFAULT_PRESET ?=
 .PHONY: default-preset
 default-preset: $(STAMP)
