@@ -69,14 +69,9 @@ def _arg(path: Path) -> str:
 
 def study_command(argv: list[str]) -> str:
     """This script's command line with its path options relative to the repository."""
-    out, rest = [], iter(argv)
-    for arg in rest:
-        option, eq, value = arg.partition("=")
-        if option in ("--data-dir", "--runs-dir", "--out", "--shared"):
-            out += [option, _arg(Path(value if eq else next(rest, "")))]
-        else:
-            out.append(arg)
-    return " ".join(["python", "experiments/default_preset.py", *out])
+    from run_study import study_command as command
+
+    return command(argv, "experiments/default_preset.py", ("--data-dir", "--runs-dir", "--out", "--shared"))
 
 
 # --------------------------------------------------------------------------- data and runs

@@ -56,17 +56,18 @@ def _arg(path: Path) -> str:
     return os.path.relpath(Path(path).resolve(), REPO)
 
 
-def study_command(argv: list[str]) -> str:
-    """This script's command line as a page records it: the values of its path options
+def study_command(argv: list[str], script: str = "experiments/run_study.py",
+                  path_options: tuple[str, ...] = ("--data-dir", "--runs-dir", "--results-dir", "--shared")) -> str:
+    """``script``'s command line as a page records it: the values of its ``path_options``
     relative to the repository, whatever the working directory was."""
     out, rest = [], iter(argv)
     for arg in rest:
         option, eq, value = arg.partition("=")
-        if option in ("--data-dir", "--runs-dir", "--results-dir", "--shared"):
+        if option in path_options:
             out += [option, _arg(Path(value if eq else next(rest, "")))]
         else:
             out.append(arg)
-    return _show(["python", "experiments/run_study.py", *out])
+    return _show(["python", script, *out])
 
 
 def _cml() -> list[str]:
