@@ -38,6 +38,23 @@ def shared_datasets() -> Path:
     return SHARED_DATASETS
 
 
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """The tiny synthetic dataset, processed once per session: ``(data_dir, dataset)``. Read it,
+    never change it (tests that write datasets make their own)."""
+    from cml_cli.data.preprocess import ReadOptions, preprocess
+
+    data_dir = tmp_path_factory.mktemp("tiny") / "data"
+    _, ds = preprocess("synthetic", None, ReadOptions(size="tiny"), data_dir=data_dir)
+    return data_dir, ds
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_dir):
+    """The tiny synthetic :class:`MultiBehaviorDataset` of :func:`tiny_dir`."""
+    return tiny_dir[1]
+
+
 @pytest.fixture
 def tmp_data_dir(tmp_path: Path) -> Path:
     """A processed-data directory that does not exist yet."""

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from cml_cli.config import RunConfig
-from cml_cli.data.preprocess import ReadOptions, preprocess
 from cml_cli.data.sampling import TripleSampler
 from cml_cli.errors import InputError
 from cml_cli.model.baselines import ItemKNNScorer, cosine_similarity, keep_neighbours, merged_matrix
@@ -21,18 +20,6 @@ from cml_cli.train.loop import train
 
 CPU = torch.device("cpu")
 TRAINED = ["bpr-mf", "lightgcn-target", "lightgcn-merged"]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("data")
-    _, ds = preprocess("synthetic", None, ReadOptions(size="tiny"), data_dir=data_dir)
-    return data_dir, ds
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_dir):
-    return tiny_dir[1]
 
 
 def _cfg(model: str, **overrides) -> RunConfig:

@@ -14,19 +14,12 @@ import torch
 
 from cml_cli import registry
 from cml_cli.config import resolve_config
-from cml_cli.data.preprocess import ReadOptions, preprocess
 from cml_cli.evaluate import evaluate_sampled
 from cml_cli.train.factory import TRAINERS, make_trainer
 from cml_cli.train.trainer import Trainer
 
 CPU = torch.device("cpu")
 METHODS = sorted(name for name, value in vars(Trainer).items() if inspect.isfunction(value) and not name.startswith("_"))
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    _, ds = preprocess("synthetic", None, ReadOptions(size="tiny"), data_dir=tmp_path_factory.mktemp("data"))
-    return ds
 
 
 def _trainer(ds, model: str):

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from cml_cli.data.dataset import Split
-from cml_cli.data.preprocess import ReadOptions, preprocess
 from cml_cli.evaluate import EmbeddingScorer, evaluate_full, evaluate_sampled, known_items, sampled_metrics
 
 KS = [1, 3, 5, 10]
@@ -112,12 +111,6 @@ def test_evaluate_sampled_scores_fixed_candidates_in_batches():
     want = _brute_sampled(full[users[:, None], cand][:, 0], full[users[:, None], cand][:, 1:], KS)
     for name, value in want.items():
         assert whole[name] == pytest.approx(value, rel=1e-5, abs=1e-6)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    _, ds = preprocess("synthetic", None, ReadOptions(size="tiny"), data_dir=tmp_path_factory.mktemp("data"))
-    return ds
 
 
 def _brute_full(scores: np.ndarray, ds, split_name: str, ks: list[int]) -> dict[str, float]:

@@ -16,12 +16,6 @@ from cml_cli.train.cml_trainer import CMLTrainer
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    _, ds = preprocess("synthetic", None, ReadOptions(size="tiny"), data_dir=tmp_path_factory.mktemp("data"))
-    return ds
-
-
 # ----------------------------------------------------------------------------- encoder
 
 
@@ -312,7 +306,6 @@ def test_hold_out_mirrors_the_test_split(tmp_path):
     import numpy as np
 
     from cml_cli.config import RunConfig
-    from cml_cli.data.preprocess import ReadOptions, preprocess
     from cml_cli.train.cml_trainer import CMLSampler
 
     _, ds = preprocess("synthetic", None, ReadOptions(size="tiny"), data_dir=tmp_path)

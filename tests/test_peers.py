@@ -9,7 +9,6 @@ import torch
 from torch_geometric.nn.models import LightGCN
 
 from cml_cli.config import RunConfig, resolve_config
-from cml_cli.data.preprocess import ReadOptions, preprocess
 from cml_cli.model.cml import CML, Batch, CMLOptions, Triples
 from cml_cli.model.encoder import LightGCNBehaviorEncoder
 from cml_cli.model.propagation import BehaviorGraph, lightgcn
@@ -18,13 +17,6 @@ from cml_cli.train.loop import train
 
 CPU = torch.device("cpu")
 PEERS = ["mbcgcn", "crgcn"]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("data")
-    _, ds = preprocess("synthetic", None, ReadOptions(size="tiny"), data_dir=data_dir)
-    return data_dir, ds
 
 
 def _graph(seed: int = 0, n_users: int = 7, n_items: int = 9, edges: int = 25) -> tuple[np.ndarray, np.ndarray]:

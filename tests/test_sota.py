@@ -29,18 +29,6 @@ from cml_cli.train.loop import train
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("sota") / "data"
-    _, ds = preprocess("synthetic", None, ReadOptions(size="tiny"), data_dir=data_dir)
-    return data_dir, ds
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_dir):
-    return tiny_dir[1]
-
-
 def _cfg(model: str, **overrides) -> RunConfig:
     return RunConfig(model=model, device="cpu", **overrides).validate()
 

@@ -10,18 +10,11 @@ import pytest
 import torch
 
 from cml_cli.config import RunConfig
-from cml_cli.data.preprocess import ReadOptions, preprocess
 from cml_cli.model import propagation
 from cml_cli.model.propagation import BehaviorGraph, SparseMatrix
 from cml_cli.train.cml_trainer import CMLTrainer
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    _, ds = preprocess("synthetic", None, ReadOptions(size="tiny"), data_dir=tmp_path_factory.mktemp("data"))
-    return ds
 
 
 def _random_matrix(seed: int = 0, shape: tuple[int, int] = (7, 5), nnz: int = 15):
